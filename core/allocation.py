@@ -1,0 +1,134 @@
+"""Rank allocation: pure, deterministic functions from layer scores to integer ranks.
+
+`allocate_ranks` solves
+
+    r = argmin ||r - lambda * s||  subject to  sum(r) = total,  min_rank <= r_l <= max_rank
+
+i.e. ranks proportional to the scores `s`, water-filled against the bounds, then rounded by
+largest remainder. Ties are broken by the higher score, then by the lower layer index, so the
+result depends only on the inputs: every worker that holds the same (all-reduced) scores makes
+the same allocation.
+
+`plan_layer` turns one layer's new target rank into which components to keep, prune, revive or
+grow, again deterministically.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dynalora.core.errors import ConfigError
+
+
+def check_budget(n_layers: int, total: int, min_rank: int, max_rank: int) -> None:
+    if n_layers < 1:
+        raise ConfigError("no adapted layers: nothing to allocate rank to")
+    if min_rank > max_rank:
+        raise ConfigError(f"impossible budget: min rank {min_rank} > max rank {max_rank}")
+    if not n_layers * min_rank <= total <= n_layers * max_rank:
+        raise ConfigError(
+            f"impossible budget: {total} ranks over {n_layers} layers with per-layer bounds "
+            f"[{min_rank}, {max_rank}] (need {n_layers * min_rank}..{n_layers * max_rank}); "
+            "change --rank, --min-rank or --max-rank"
+        )
+
+
+def continuous_targets(scores: Sequence[float], total: float, lo: float, hi: float) -> list[float]:
+    """Water-filling: t_l = clip(lam * s_l, lo, hi) with sum(t) = total (uniform if all scores are 0)."""
+    n = len(scores)
+    s = [max(float(x), 0.0) if math.isfinite(x) else 0.0 for x in scores]
+    if sum(s) <= 0.0:
+        s = [1.0] * n
+    fixed: dict[int, float] = {}
+    while True:
+        free = [i for i in range(n) if i not in fixed]
+        mass = sum(s[i] for i in free)
+        remaining = total - sum(fixed.values())
+        if not free:
+            break
+        if mass <= 0.0:
+            for i in free:
+                fixed[i] = remaining / len(free)
+            break
+        lam = remaining / mass
+        over = [i for i in free if lam * s[i] > hi]
+        under = [i for i in free if lam * s[i] < lo]
+        if not over and not under:
+            for i in free:
+                fixed[i] = lam * s[i]
+            break
+        # clamp the side that violates most; re-solve for the rest
+        for i in over:
+            fixed[i] = hi
+        if not over:
+            for i in under:
+                fixed[i] = lo
+    return [fixed[i] for i in range(n)]
+
+
+def allocate_ranks(scores: Sequence[float], total: int, min_rank: int, max_rank: int) -> list[int]:
+    """Integer ranks proportional to `scores`, within bounds, summing exactly to `total`."""
+    n = len(scores)
+    check_budget(n, total, min_rank, max_rank)
+    t = continuous_targets(scores, float(total), float(min_rank), float(max_rank))
+    r = [min(max(math.floor(x + 1e-9), min_rank), max_rank) for x in t]
+    left = total - sum(r)
+    # largest remainder first; then higher score; then lower index (deterministic tie-break)
+    key = sorted(range(n), key=lambda i: (-(t[i] - r[i]), -float(scores[i]), i))
+    while left > 0:
+        progressed = False
+        for i in key:
+            if left == 0:
+                break
+            if r[i] < max_rank:
+                r[i] += 1
+                left -= 1
+                progressed = True
+        if not progressed:  # pragma: no cover - excluded by check_budget
+            raise AssertionError("allocation cannot reach its budget")
+    while left < 0:  # rounding up from min_rank can overshoot; take back from the smallest remainders
+        for i in reversed(key):
+            if left == 0:
+                break
+            if r[i] > min_rank:
+                r[i] -= 1
+                left += 1
+    return r
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """Index lists (component slots) for one layer's reallocation."""
+
+    prune: tuple[int, ...]  # kept -> fading out
+    revive: tuple[int, ...]  # fading out -> kept again (its gate fades back in)
+    grow: tuple[int, ...]  # free slot -> fresh component (zero B column)
+
+
+def plan_layer(
+    kept: Sequence[bool], gate: Sequence[float], component_scores: Sequence[float], target: int
+) -> LayerPlan:
+    """Choose the components to prune / revive / grow so that the kept count becomes `target`.
+
+    Prune the lowest-scoring kept components (ties: higher slot first). Grow by reviving fading
+    components (highest gate first, then lower slot), then by taking free slots (lower slot first).
+    """
+    cap = len(kept)
+    if not 0 <= target <= cap:
+        raise ValueError(f"target rank {target} outside [0, {cap}]")
+    k = sum(bool(x) for x in kept)
+    if target < k:
+        live = [i for i in range(cap) if kept[i]]
+        live.sort(key=lambda i: (float(component_scores[i]), -i))
+        return LayerPlan(prune=tuple(sorted(live[: k - target])), revive=(), grow=())
+    need = target - k
+    fading = [i for i in range(cap) if not kept[i] and gate[i] > 0]
+    fading.sort(key=lambda i: (-float(gate[i]), i))
+    revive = fading[:need]
+    need -= len(revive)
+    free = [i for i in range(cap) if not kept[i] and gate[i] <= 0][:need]
+    if len(free) < need:  # pragma: no cover - cap >= target guarantees enough slots
+        raise AssertionError("not enough component slots")
+    return LayerPlan(prune=(), revive=tuple(sorted(revive)), grow=tuple(free))

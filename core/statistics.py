@@ -1,0 +1,118 @@
+"""One flat buffer holding every statistic that feeds rank allocation.
+
+Per adapted layer l (capacity R_l, sketch size k_l = min(in_l, sketch_dim)) the buffer holds
+
+    sens   (R_l,)      sum over optimizer steps of per-component saliency |theta * grad|
+    steps  (1,)        number of optimizer steps summed into `sens`
+    tokens (1,)        input tokens observed
+    z_sum  (k_l,)      sum of sketched inputs z = x P
+    z_sq   (k_l*k_l,)  sum of z z^T
+    v_sum  (1,)        sum of per-example token variances v_b (per-example mode)
+    v_n    (1,)        examples observed
+
+Everything is a *sum*, so summing the buffers of all workers (one all-reduce, see
+`dynalora.distributed`) gives exactly the statistics of the global batch; the controller then
+divides by the counts. The buffer is zeroed after each reallocation (window statistics).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dynalora.core.layer import example_variance
+
+_FIELDS = ("sens", "steps", "tokens", "z_sum", "z_sq", "v_sum", "v_n")
+
+
+@dataclass(frozen=True)
+class LayerSlots:
+    """Views into the flat buffer for one layer."""
+
+    sens: torch.Tensor
+    steps: torch.Tensor
+    tokens: torch.Tensor
+    z_sum: torch.Tensor
+    z_sq: torch.Tensor  # (k, k) view
+    v_sum: torch.Tensor
+    v_n: torch.Tensor
+
+
+class StatsBuffer:
+    def __init__(
+        self,
+        shapes: list[tuple[int, int]],
+        *,
+        sketch_dim: int = 64,
+        stat_tokens: int = 256,
+        collect_inputs: bool = True,
+        per_example: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        """`shapes[l] = (capacity, in_features)` for layer l, in the controller's layer order."""
+        self.stat_tokens = stat_tokens
+        self.collect_inputs = collect_inputs
+        self.per_example = per_example
+        sizes: list[list[int]] = []
+        for cap, in_f in shapes:
+            k = min(in_f, sketch_dim)
+            sizes.append([cap, 1, 1, k, k * k, 1, 1])
+        self.flat = torch.zeros(sum(sum(s) for s in sizes), dtype=torch.float64, device=device)
+        self.layers: list[LayerSlots] = []
+        off = 0
+        for s in sizes:
+            views = []
+            for n in s:
+                views.append(self.flat[off : off + n])
+                off += n
+            k = s[3]
+            views[4] = views[4].view(k, k)
+            self.layers.append(LayerSlots(*views))
+        # fixed Gaussian sketch per input width; identical on every worker (seeded)
+        self.sketches: dict[int, torch.Tensor] = {}
+        for _, in_f in shapes:
+            if in_f not in self.sketches:
+                k = min(in_f, sketch_dim)
+                g = torch.Generator().manual_seed(seed * 1_000_003 + in_f)
+                self.sketches[in_f] = (torch.randn(in_f, k, generator=g) / k**0.5).to(device)
+
+    def zero_(self) -> None:
+        self.flat.zero_()
+
+    # ---- observers (called from the training forward / after backward) --------------------
+    @torch.no_grad()
+    def observe_input(self, index: int, x: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        slots = self.layers[index]
+        if self.per_example and x.dim() >= 2:
+            v = example_variance(x, attention_mask)
+            slots.v_sum.add_(v.sum().double())
+            slots.v_n.add_(v.numel())
+        if not self.collect_inputs:
+            return
+        in_f = x.shape[-1]
+        if x.dim() == 3 and attention_mask is not None and attention_mask.shape == x.shape[:2]:
+            rows = x[attention_mask.bool()]  # (N, in): real tokens only
+        else:
+            rows = x.reshape(-1, in_f)
+        n = rows.shape[0]
+        if n == 0:
+            return
+        if n > self.stat_tokens:  # deterministic strided subsample
+            idx = torch.linspace(0, n - 1, self.stat_tokens, device=rows.device).long()
+            rows = rows[idx]
+        z = rows.float() @ self.sketches[in_f]  # (n, k)
+        slots.tokens.add_(rows.shape[0])
+        slots.z_sum.add_(z.sum(0).double())
+        slots.z_sq.add_((z.T @ z).double())
+
+    @torch.no_grad()
+    def observe_gradients(self, index: int, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Add one optimizer step's per-component saliency (A: (R, in), B: (out, R), grads set)."""
+        if a.grad is None or b.grad is None:
+            return
+        sal = (a * a.grad).abs().sum(1) + (b * b.grad).abs().sum(0)  # (R,)
+        slots = self.layers[index]
+        slots.sens.add_(sal.double())
+        slots.steps.add_(1)

@@ -1,0 +1,383 @@
+"""The training loop: one function for a single process, torchrun workers and Ray workers.
+
+    dynalora train --model minilm --task rotten_tomatoes --out runs/rt        # single process
+    torchrun --standalone --nproc_per_node=2 -m dynalora train ... --backend torchrun
+    dynalora train --backend ray --workers 2 ...                               # Ray Train
+
+`train(cfg, collective, hooks)` never imports torch.distributed: the launcher in
+`dynalora.distributed` passes a `Collective` (all-reduce of the statistics buffer, gather of
+allocation digests) and, through `hooks.wrap_model`, the DDP wrapper. Data is sharded by rank:
+each optimizer step consumes one global batch of `batch_size` examples, split into
+`world_size x grad_accum` equal micro-batches, so any launcher sees the same global batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dynalora import __version__
+from dynalora.core.atomic import append_line, write_json, write_text
+from dynalora.core.config import TrainConfig
+from dynalora.core.controller import Collective, LocalCollective, RankController
+from dynalora.core.data import Example, TaskData, load_task
+from dynalora.core.errors import CheckpointError, ConfigError
+from dynalora.core.inject import adapter_layers, inject_adapters
+from dynalora.core.metrics import compute_metrics
+from dynalora.core.models import load_classifier, load_tokenizer, resolve_model_path
+from dynalora.core.run_io import list_checkpoints, load_checkpoint, save_adapter, save_checkpoint
+
+
+@dataclass
+class TrainHooks:
+    """Launcher seams. Every hook runs on every worker."""
+
+    wrap_model: Callable[[nn.Module], nn.Module] | None = None  # e.g. DDP
+    on_step: Callable[[int], None] | None = None  # after each optimizer step (fault injection, progress)
+    on_checkpoint: Callable[[int, Path | None], None] | None = None  # after a checkpoint (path on rank 0)
+    on_log: Callable[[dict[str, Any]], None] | None = None
+
+
+@dataclass
+class RunResult:
+    out: Path
+    metrics: dict[str, float]
+    ranks: dict[str, int]
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    step_times: list[float] = field(default_factory=list)
+
+
+# ---- preparation (validates everything before anything is written) --------------------------
+def prepare_out_dir(cfg: TrainConfig, is_main: bool) -> Path:
+    out = Path(cfg.out)
+    if cfg.resume:
+        if not (out / "config.yaml").is_file():
+            raise CheckpointError(f"--resume: {out} is not a run folder (no config.yaml)")
+        return out
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise ConfigError(f"output folder {out} exists; pass --overwrite to replace it or --resume to continue it")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder")
+    return out
+
+
+def load_data(cfg: TrainConfig) -> TaskData:
+    eval_size: int | float | None = cfg.eval_size
+    if eval_size is not None and eval_size >= 1:
+        eval_size = int(eval_size)
+    return load_task(
+        cfg.task,
+        data_dir=cfg.data_dir,
+        train_file=cfg.train_file,
+        eval_file=cfg.eval_file,
+        seed=cfg.seed,
+        eval_size=eval_size,
+        max_train=cfg.max_train,
+        max_eval=cfg.max_eval,
+    )
+
+
+def total_steps(cfg: TrainConfig, n_train: int) -> int:
+    if cfg.steps is not None:
+        return cfg.steps
+    return max(1, math.ceil(cfg.epochs * n_train / cfg.batch_size))
+
+
+def build_model(cfg: TrainConfig, data: TaskData, steps: int) -> tuple[nn.Module, Any, RankController, str]:
+    model_path = resolve_model_path(cfg.model)
+    tokenizer = load_tokenizer(model_path)
+    model = load_classifier(model_path, data.spec.num_labels, data.spec.problem, seed=cfg.seed)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(cfg.seed)  # adapter init is seeded independently of the model load
+    dynamic = not cfg.dynamic.is_static
+    layers, ctx = inject_adapters(
+        model,
+        targets=cfg.lora.target_modules,
+        capacity=cfg.lora.resolved_max_rank(dynamic),
+        rank=cfg.lora.rank,
+        scaling=cfg.lora.alpha / cfg.lora.rank,
+        dropout=cfg.lora.dropout,
+    )
+    controller = RankController(layers, ctx, cfg.lora, cfg.dynamic, steps, seed=cfg.seed)
+    return model, tokenizer, controller, model_path
+
+
+# ---- batching ---------------------------------------------------------------------------------
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    rng = random.Random(seed * 7919 + epoch)
+    order = list(range(n))
+    rng.shuffle(order)
+    return order
+
+
+def global_batch(n: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """Indices of the examples of optimizer step `step` (0-based); epochs are reshuffled, seeded."""
+    per_epoch = n // batch_size  # drop the ragged tail so every step has a full global batch
+    if per_epoch == 0:
+        raise ConfigError(f"--batch-size {batch_size} is larger than the training set ({n} examples)")
+    epoch, k = divmod(step, per_epoch)
+    order = epoch_order(n, seed, epoch)
+    return order[k * batch_size : (k + 1) * batch_size]
+
+
+def encode(tokenizer: Any, examples: list[Example], max_length: int, problem: str) -> dict[str, torch.Tensor]:
+    texts = [e.text for e in examples]
+    pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
+    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    dtype = torch.float32 if problem == "regression" else torch.long
+    enc["labels"] = torch.tensor([e.label for e in examples], dtype=dtype)
+    return dict(enc)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, tokenizer: Any, data: TaskData, cfg: TrainConfig, batch_size: int = 64) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    preds, labels = [], []
+    for i in range(0, len(data.eval), batch_size):
+        chunk = data.eval[i : i + batch_size]
+        batch = encode(tokenizer, chunk, cfg.max_length, data.spec.problem)
+        y = batch.pop("labels")
+        logits = model(**batch).logits
+        preds.append(logits.squeeze(-1) if data.spec.problem == "regression" else logits.argmax(-1))
+        labels.append(y)
+    model.train(was_training)
+    p = torch.cat(preds).float().numpy()
+    t = torch.cat(labels).float().numpy()
+    if data.spec.problem != "regression":
+        p, t = p.astype(np.int64), t.astype(np.int64)
+    return compute_metrics(data.spec.problem, p, t, data.spec.num_labels)
+
+
+# ---- state for checkpoints ----------------------------------------------------------------------
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    out = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    for name, layer in adapter_layers(model).items():
+        for b in ("kept", "gate", "order", "v_ref"):
+            out[f"{name}.{b}"] = getattr(layer, b).detach().clone()
+    return out
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer, names: dict[int, str]) -> dict[str, torch.Tensor]:
+    out = {}
+    for p, st in opt.state.items():
+        for k, v in st.items():
+            out[f"optim.{names[id(p)]}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    return out
+
+
+def restore(model: nn.Module, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    params = dict(model.named_parameters())
+    layers = adapter_layers(model)
+    with torch.no_grad():
+        for key, value in tensors.items():
+            if key.startswith(("optim.", "controller.", "rng.")):
+                continue
+            head, _, leaf = key.rpartition(".")
+            if key in params:
+                if params[key].shape != value.shape:
+                    raise CheckpointError(f"checkpoint {path} does not match this model ({key} has shape {tuple(value.shape)})")
+                params[key].copy_(value)
+            elif head in layers:
+                getattr(layers[head], leaf).copy_(value)
+            else:
+                raise CheckpointError(f"checkpoint {path} holds an unknown tensor {key}")
+    by_name = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            pname, _, k = key[len("optim.") :].rpartition(".")
+            if pname not in by_name:
+                raise CheckpointError(f"checkpoint {path} optimizer state names an unknown parameter {pname}")
+            opt.state[by_name[pname]][k] = value.clone()
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+def train(cfg: TrainConfig, collective: Collective | None = None, hooks: TrainHooks | None = None) -> RunResult:
+    collective = collective or LocalCollective()
+    hooks = hooks or TrainHooks()
+    is_main = collective.rank == 0
+    world = collective.world_size
+    if cfg.resume:
+        saved = Path(cfg.out) / "config.yaml"
+        if saved.is_file():
+            progress = cfg.progress
+            cfg = TrainConfig.from_yaml(saved)
+            cfg.resume, cfg.overwrite, cfg.progress = True, False, progress
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    micro = cfg.batch_size // (world * cfg.grad_accum)
+    if micro * world * cfg.grad_accum != cfg.batch_size:
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} must be divisible by workers x grad-accum = {world * cfg.grad_accum}"
+        )
+    out = prepare_out_dir(cfg, is_main)
+    data = load_data(cfg)
+    steps = total_steps(cfg, len(data.train))
+    torch.manual_seed(cfg.seed)
+    model, tokenizer, controller, model_path = build_model(cfg, data, steps)
+    global_batch(len(data.train), cfg.batch_size, cfg.seed, 0)  # validates batch size vs data
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = max(1, int(cfg.warmup_ratio * steps)) if cfg.warmup_ratio > 0 else 0
+
+    def lr_lambda(s: int) -> float:
+        if warm and s < warm:
+            return (s + 1) / warm
+        return max(0.0, (steps - s) / max(1, steps - warm))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+
+    start = 0
+    losses: list[float] = []
+    if cfg.resume:
+        ckpts = list_checkpoints(out)
+        if ckpts:
+            tensors, meta = load_checkpoint(ckpts[-1])
+            restore(model, optimizer, tensors, ckpts[-1])
+            controller.load_state_dict({k[len("controller.") :]: v for k, v in tensors.items() if k.startswith("controller.")})
+            scheduler.load_state_dict(meta["scheduler"])
+            torch.set_rng_state(tensors["rng.torch"])
+            start = int(meta["step"])
+            losses = list(meta.get("losses", []))
+
+    if is_main and not cfg.resume:
+        if out.exists() and cfg.overwrite:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", cfg.to_yaml())
+        append_line(out / "allocation.jsonl", json.dumps({"step": 0, "ranks": controller.ranks(), "world_size": world, "worker_digests": collective.gather(controller.digest())}))
+    elif not cfg.resume:
+        collective.gather(controller.digest())
+
+    train_model = hooks.wrap_model(model) if hooks.wrap_model else model
+    train_model.train()
+    bar = None
+    if is_main and cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, initial=start, desc="train", dynamic_ncols=True)
+    step_times: list[float] = []
+    metrics: dict[str, float] = {}
+    for step in range(start, steps):
+        t0 = time.perf_counter()
+        idx = global_batch(len(data.train), cfg.batch_size, cfg.seed, step)
+        mine = idx[collective.rank * micro * cfg.grad_accum : (collective.rank + 1) * micro * cfg.grad_accum]
+        step_loss = 0.0
+        for m in range(cfg.grad_accum):
+            batch = encode(tokenizer, [data.train[i] for i in mine[m * micro : (m + 1) * micro]], cfg.max_length, data.spec.problem)
+            sync = m == cfg.grad_accum - 1
+            ctx = train_model.no_sync() if (not sync and hasattr(train_model, "no_sync")) else _nullcontext()
+            with ctx:
+                loss = train_model(**batch).loss / cfg.grad_accum
+                loss.backward()
+            step_loss += float(loss.detach())
+        controller.after_backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        event = controller.step_end(step + 1, optimizer, collective)
+        step_times.append(time.perf_counter() - t0)
+        losses.append(step_loss)
+        if event is not None and is_main:
+            append_line(out / "allocation.jsonl", json.dumps({k: event[k] for k in ("step", "ranks", "world_size", "worker_digests", "scores", "budget")}))
+        done = step + 1
+        record: dict[str, Any] | None = None
+        if done % cfg.log_every == 0 or done == steps:
+            record = {"step": done, "loss": step_loss, "lr": scheduler.get_last_lr()[0], "budget": sum(controller.ranks().values()), "step_s": step_times[-1]}
+        if cfg.eval_every and done % cfg.eval_every == 0 and done != steps and is_main:
+            record = {**(record or {"step": done}), "eval": evaluate(model, tokenizer, data, cfg)}
+        if record is not None and is_main:
+            append_line(out / "metrics.jsonl", json.dumps(record))
+            if hooks.on_log:
+                hooks.on_log(record)
+        if bar is not None:
+            bar.set_postfix(loss=f"{step_loss:.4f}", budget=sum(controller.ranks().values()))
+            bar.update(1)
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done != steps:
+            path = None
+            if is_main:
+                tensors = trainable_state(model) | optimizer_tensors(optimizer, names)
+                tensors |= {f"controller.{k}": v for k, v in controller.state_dict().items()}
+                tensors["rng.torch"] = torch.get_rng_state()
+                path = save_checkpoint(out, done, tensors, {"scheduler": scheduler.state_dict(), "losses": losses})
+            collective.gather(str(done))  # barrier: the checkpoint exists before anyone moves on
+            if hooks.on_checkpoint:
+                hooks.on_checkpoint(done, path)
+        if hooks.on_step:
+            hooks.on_step(done)
+    if bar is not None:
+        bar.close()
+
+    if is_main:
+        metrics = evaluate(model, tokenizer, data, cfg)
+        append_line(out / "metrics.jsonl", json.dumps({"step": steps, "eval": metrics, "final": True}))
+        finish_run(out, cfg, data, model, tokenizer, controller, model_path, metrics, steps, world)
+    collective.gather("done")
+    return RunResult(out=out, metrics=metrics, ranks=controller.ranks(), steps=steps, losses=losses, step_times=step_times)
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def finish_run(
+    out: Path, cfg: TrainConfig, data: TaskData, model: nn.Module, tokenizer: Any, controller: RankController,
+    model_path: str, metrics: dict[str, float], steps: int, world: int,
+) -> None:
+    extra = {
+        "input_adaptive": cfg.dynamic.input_adaptive,
+        "example_gamma": cfg.dynamic.example_gamma,
+        "example_min_frac": cfg.dynamic.example_min_frac,
+        "reallocate": cfg.dynamic.reallocate,
+    }
+    save_adapter(model, out / "adapter", base_model=model_path, extra=extra)
+    tok_tmp = out / ".tokenizer.tmp"
+    shutil.rmtree(tok_tmp, ignore_errors=True)
+    tokenizer.save_pretrained(str(tok_tmp))
+    shutil.rmtree(out / "tokenizer", ignore_errors=True)
+    os.replace(tok_tmp, out / "tokenizer")
+    spec = data.spec
+    write_json(
+        out / "run.json",
+        {
+            "dynalora_version": __version__,
+            "base_model": model_path,
+            "model_type": getattr(model.config, "model_type", ""),
+            "task": {"name": spec.name, "problem": spec.problem, "label_names": list(spec.label_names), "num_labels": spec.num_labels, "has_pair": spec.has_pair},
+            "data": data.source,
+            "n_train": len(data.train),
+            "n_eval": len(data.eval),
+            "steps": steps,
+            "world_size": world,
+            "final_ranks": controller.ranks(),
+            "metrics": metrics,
+            "torch": torch.__version__,
+        },
+    )
+    try:
+        from dynalora.core.plots import allocation_heatmap
+
+        allocation_heatmap(out / "allocation.jsonl", out / "allocation.png")
+    except ImportError:  # matplotlib missing: the run is still complete
+        pass
