@@ -1,0 +1,327 @@
+"""`dynalora bench`: latency, throughput and memory of an export folder, optionally against PyTorch.
+
+    dynalora bench exports/rt --threads 1,2 --batch 1,8 --seq 32,128 --compare-torch \
+        --json bench.json --plot bench.png
+
+Order of work (after onnxruntime's benchmark_helper): check every input first (flags, export folder,
+checksums, providers, output files) so that nothing runs on bad input; validate numerics (onnxruntime
+against the PyTorch weights in EXPORT/torch with --compare-torch, otherwise finite outputs plus the
+manifest's export-time verification); then time each configuration in a fresh subprocess
+(`bench_worker`) so its peak RSS is its own. Records keep raw floats; only `markdown_table` formats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dynalora.core.atomic import atomic_path, write_json
+from dynalora.core.errors import DynaloraError
+from dynalora.edge_runtime.bench_worker import BenchError, OnnxEngine, TorchEngine
+from dynalora.edge_runtime.manifest import Manifest, read_manifest, verify_checksums
+from dynalora.edge_runtime.providers import available_providers, physical_cores, resolve_providers
+
+SAMPLE_SENTENCES = (
+    "The film is a gripping story with a great cast and a script that never lets go.",
+    "I thought the plot was boring and the music was far too loud for such a quiet movie.",
+    "Shares of the company rose after the bank reported better profit than the market expected.",
+    "The team won the match late in the season when their young player scored twice.",
+    "She said the new phone had better software but the price was still too high.",
+    "Nothing in this dull, overlong sequel is as funny as the first ten minutes of the original.",
+    "The government will hold an election next year, the minister told people in the city.",
+    "A bright, warm and surprisingly moving film about children growing up in a small town.",
+)
+# Loose defaults for comparing to PyTorch when the manifest records no tolerance.
+DEFAULT_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2, "int8": 5e-1}
+
+
+def parse_int_list(text: str | Sequence[int], flag: str, minimum: int = 1) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]; anything else is a BenchError naming the flag."""
+    if not isinstance(text, str):
+        values = list(text)
+    else:
+        try:
+            values = [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise BenchError(f"{flag} takes comma-separated integers like 1,2,4; got {text!r}") from None
+    if not values or any(not isinstance(v, int) or v < minimum for v in values):
+        raise BenchError(f"{flag} takes integers >= {minimum}; got {text!r}")
+    return list(dict.fromkeys(values))
+
+
+def environment() -> dict[str, Any]:
+    """Versions, CPU and providers: enough to tell whether two result files are comparable."""
+
+    def version(pkg: str) -> str | None:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    import psutil
+
+    return {
+        "python": platform.python_version(), "os": platform.platform(), "cpu": cpu,
+        "physical_cores": physical_cores(), "logical_cores": os.cpu_count(),
+        "ram_gb": psutil.virtual_memory().total / 1024**3, "providers_available": available_providers(),
+        "versions": {pkg: version(pkg) for pkg in ("dynalora", "onnxruntime", "onnxruntime-gpu", "torch",
+                                                     "transformers", "optimum", "optimum-onnx", "numpy")},
+    }
+
+
+def synthetic_batch(tokenizer: Any, batch: int, seq: int) -> dict[str, np.ndarray]:
+    """`batch` rows of real-looking text, each exactly `seq` tokens (deterministic: same call, same ids)."""
+    n = len(SAMPLE_SENTENCES)
+    # Each row starts at a different sentence and repeats enough text to overflow `seq`, so truncation
+    # (not padding) sets the length and the attention mask is all ones, as in a full batch.
+    repeat = seq // 8 + 2
+    texts = [" ".join(SAMPLE_SENTENCES[(i + k) % n] for k in range(repeat)) for i in range(batch)]
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=seq, return_tensors="np")
+    arrays = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
+    assert arrays["input_ids"].shape == (batch, seq), arrays["input_ids"].shape
+    return arrays
+
+
+def _max_positions(folder: Path) -> int | None:
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if (folder / "config.json").is_file() else {}
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        if key in config:
+            return int(config[key])
+    return None
+
+
+def validate(folder: Path, manifest: Manifest, provider: str, arrays: dict[str, np.ndarray], compare_torch: bool,
+             threads: int, allow_fallback: bool, adapter: str | None = None) -> dict[str, Any]:
+    """Check numerics before timing: onnxruntime vs torch, or finiteness + the export-time verification."""
+    ort_logits = OnnxEngine(folder, provider, threads, None, allow_fallback, adapter).forward(arrays)()
+    finite = bool(np.all(np.isfinite(ort_logits)))
+    if not finite:
+        raise BenchError(f"onnxruntime ({provider}) produced NaN/inf on the synthetic batch; re-export the model")
+    result: dict[str, Any] = {"provider": provider, "finite": finite, "batch": int(arrays["input_ids"].shape[0]),
+                              "seq": int(arrays["input_ids"].shape[1])}
+    recorded = manifest.verification or {}
+    tolerance = float(recorded.get("tolerance", DEFAULT_TOLERANCE[manifest.precision]))
+    if compare_torch:
+        torch_logits = TorchEngine(folder, manifest.problem, threads, "cpu").forward(arrays)()
+        diff = float(np.max(np.abs(ort_logits.astype(np.float64) - torch_logits)))
+        tolerance = max(tolerance, DEFAULT_TOLERANCE[manifest.precision])
+        result.update(compared_to="torch", max_abs_diff=diff, tolerance=tolerance)
+        if not diff <= tolerance:
+            raise BenchError(f"onnxruntime ({provider}) and PyTorch disagree: max abs diff {diff:.3g} > {tolerance:.3g}; "
+                             "the export does not match torch/ (re-export)")
+    elif recorded:
+        diff = float(recorded.get("max_abs_diff", float("nan")))
+        result.update(compared_to="manifest", max_abs_diff=diff, tolerance=tolerance)
+        if not diff <= tolerance:
+            raise BenchError(f"the manifest records a failed export check (max abs diff {diff:.3g} > tolerance "
+                             f"{tolerance:.3g}); re-export before benchmarking")
+    else:
+        result.update(compared_to=None, max_abs_diff=None, tolerance=None)
+    return result
+
+
+def _run_worker(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "dynalora.edge_runtime.bench_worker", "--spec", json.dumps(spec)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(spec["threads"]))
+    what = f"{spec['engine']} {spec['provider']} threads={spec['threads']} batch={spec['batch']} seq={spec['seq']}"
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"benchmark configuration ({what}) ran past {timeout_s:.0f} s; lower --repeats or --seq") from None
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    record = json.loads(lines[-1]) if lines else None
+    if record is None or "error" in record or proc.returncode != 0:
+        why = record["error"] if record and "error" in record else (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BenchError(f"benchmark configuration ({what}) failed: {why}")
+    return record
+
+
+def run_bench(export_dir: str | os.PathLike[str], providers: Sequence[str] | None = None,
+              threads: Sequence[int] = (1,), batches: Sequence[int] = (1,), seqs: Sequence[int] = (32,),
+              compare_torch: bool = False, repeats: int = 20, warmup: int = 3, *, allow_fallback: bool = False,
+              profile: str | None = None, decode_tokens: int = 32, adapter: str | None = None,
+              timeout_s: float = 600.0, progress: bool = True) -> dict[str, Any]:
+    """Benchmark an export folder; returns {"environment", "settings", "validation", "records"}.
+
+    providers: names like "cpu" / "cuda" (None = the best available). One record per (engine,
+    provider, threads, batch, seq); with compare_torch also a torch record per (threads, batch, seq),
+    and each onnxruntime record gets `speedup_vs_torch` (torch p50 / onnxruntime p50).
+    """
+    folder = Path(export_dir)
+    threads, batches, seqs = (parse_int_list(threads, "--threads"), parse_int_list(batches, "--batch"),
+                              parse_int_list(seqs, "--seq"))
+    if repeats < 1 or warmup < 0 or decode_tokens < 0:
+        raise BenchError("--repeats must be >= 1, --warmup and --decode-tokens >= 0")
+    manifest = read_manifest(folder)
+    verify_checksums(folder, manifest)
+    chosen = list(dict.fromkeys(resolve_providers(p, allow_fallback)[0] for p in (providers or [None])))
+    limit = _max_positions(folder)
+    extra = decode_tokens if manifest.problem == "causal-lm" else 0
+    if limit is not None and max(seqs) + extra > limit:
+        raise BenchError(f"--seq {max(seqs)}{f' + {extra} decode tokens' if extra else ''} exceeds the model's "
+                         f"{limit} positions; use a smaller --seq")
+    if compare_torch and not (folder / "torch").is_dir():
+        raise BenchError(f"--compare-torch needs the PyTorch weights in {folder / 'torch'} (written by "
+                         "`dynalora export` for merged exports); re-export or drop --compare-torch")
+    if adapter is not None and adapter not in manifest.adapters:
+        raise BenchError(f"unknown adapter {adapter!r}; this export has: {', '.join(manifest.adapters) or 'none'}")
+
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    engines = [("onnxruntime", p) for p in chosen] + ([("torch", "torch:cpu")] if compare_torch else [])
+    configs = [(e, p, t, b, s) for e, p in engines for t in threads for b in batches for s in seqs]
+    records: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="dynalora-bench-") as tmp:
+        inputs: dict[tuple[int, int], str] = {}
+        for b in batches:
+            for s in seqs:
+                inputs[(b, s)] = str(Path(tmp) / f"inputs_b{b}_s{s}.npz")
+                np.savez(inputs[(b, s)], **synthetic_batch(tokenizer, b, s))
+        small = dict(np.load(inputs[(min(batches), min(seqs))]))
+        validation = [validate(folder, manifest, p, small, compare_torch, threads[0], allow_fallback, adapter)
+                      for p in chosen]
+        for engine, provider, t, b, s in tqdm(configs, desc="bench", unit="config", file=sys.stderr,
+                                              disable=not progress):
+            spec = {"export": str(folder.resolve()), "engine": engine, "provider": provider, "threads": t,
+                    "batch": b, "seq": s, "inputs": inputs[(b, s)], "repeats": repeats, "warmup": warmup,
+                    "allow_fallback": allow_fallback, "profile": profile, "decode_tokens": decode_tokens,
+                    "adapter": adapter if engine == "onnxruntime" else None, "device": "cpu"}
+            records.append(_run_worker(spec, timeout_s))
+    torch_p50 = {(r["threads"], r["batch"], r["seq"]): r["latency_ms"]["p50"] for r in records if r["engine"] == "torch"}
+    for r in records:
+        key = (r["threads"], r["batch"], r["seq"])
+        if r["engine"] == "onnxruntime" and key in torch_p50:
+            r["speedup_vs_torch"] = torch_p50[key] / r["latency_ms"]["p50"]
+    settings = {"export": str(folder.resolve()), "providers": chosen, "threads": threads, "batches": batches,
+                "seqs": seqs, "compare_torch": compare_torch, "repeats": repeats, "warmup": warmup,
+                "profile": profile, "decode_tokens": decode_tokens if manifest.problem == "causal-lm" else None,
+                "adapter": adapter, "kind": manifest.kind, "problem": manifest.problem, "precision": manifest.precision}
+    return {"environment": environment(), "settings": settings, "validation": validation, "records": records}
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """One row per configuration; the only place numbers are formatted."""
+    records = result["records"]
+    causal = any("prefill_ms" in r for r in records)
+    head = ["engine", "provider", "threads", "batch", "seq", "p50 ms", "p90 ms", "mean ms", "examples/s",
+            "load s", "peak RSS MB", "model MB"]
+    head += ["prefill ms", "decode tok/s"] if causal else []
+    compared = any("speedup_vs_torch" in r for r in records)
+    head += ["vs torch"] if compared else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in records:
+        lat = r["latency_ms"]
+        row = [r["engine"], r["provider"].replace("ExecutionProvider", ""), str(r["threads"]), str(r["batch"]),
+               str(r["seq"]), f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['mean']:.2f}", f"{r['throughput']:.1f}",
+               f"{r['load_s']:.2f}", f"{r['peak_rss_mb']:.0f}", f"{r['model_mb']:.1f}"]
+        if causal:
+            row += [f"{r['prefill_ms']:.2f}" if "prefill_ms" in r else "", f"{r['decode_tokens_per_s']:.1f}"
+                    if "decode_tokens_per_s" in r else ""]
+        if compared:
+            row.append(f"{r['speedup_vs_torch']:.2f}x" if "speedup_vs_torch" in r else "")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Bar chart of p50 latency per configuration with p10-p90 error bars, written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = result["records"]
+    labels = [f"{r['engine'][:4]} {r['provider'].replace('ExecutionProvider', '')}\n"
+              f"t{r['threads']} b{r['batch']} s{r['seq']}" for r in records]
+    p50 = np.array([r["latency_ms"]["p50"] for r in records])
+    low = p50 - np.array([r["latency_ms"]["p10"] for r in records])
+    high = np.array([r["latency_ms"]["p90"] for r in records]) - p50
+    colors = ["tab:blue" if r["engine"] == "onnxruntime" else "tab:orange" for r in records]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(records) + 2), 4.5))
+    ax.bar(range(len(records)), p50, yerr=[low, high], capsize=4, color=colors)
+    ax.set_xticks(range(len(records)), labels, fontsize=7)
+    ax.set_ylabel("latency ms (p50, bars p10-p90)")
+    ax.set_title(f"{Path(result['settings']['export']).name}: {result['settings']['kind']} "
+                 f"{result['settings']['precision']}")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register `dynalora bench` flags; lists stay strings so bench_main can report bad ones clearly."""
+    parser.add_argument("export", help="export folder written by `dynalora export`")
+    parser.add_argument("--provider", default=None,
+                        help="comma-separated providers: cpu, cuda, tensorrt, coreml, nnapi, qnn, xnnpack, dml "
+                             "(default: the best available)")
+    parser.add_argument("--allow-fallback", action="store_true",
+                        help="run on CPU with a warning when a requested provider is unavailable")
+    parser.add_argument("--profile", default=None, help="device profile, e.g. mobile-cpu, jetson-cuda")
+    parser.add_argument("--threads", default="1", help="comma-separated intra-op thread counts (default 1)")
+    parser.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1)")
+    parser.add_argument("--seq", default="32", help="comma-separated sequence lengths in tokens (default 32)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs per configuration (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+    parser.add_argument("--decode-tokens", type=int, default=32, help="causal LMs: greedy tokens to decode (default 32)")
+    parser.add_argument("--adapter", default=None, help="kind=adapters exports: the adapter to activate")
+    parser.add_argument("--compare-torch", action="store_true",
+                        help="also time the PyTorch weights in EXPORT/torch and check outputs against them")
+    parser.add_argument("--json", default=None, help="write records + environment to this JSON file")
+    parser.add_argument("--plot", default=None, help="write a p50 latency bar chart to this PNG file")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing --json / --plot files")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per configuration (default 600)")
+
+
+def bench_main(args: argparse.Namespace) -> int:
+    """Run `dynalora bench` from parsed flags; DynaloraError propagates for the CLI to print as one line."""
+    for flag, value in (("--json", args.json), ("--plot", args.plot)):
+        if value and Path(value).exists() and not args.overwrite:
+            raise BenchError(f"{flag} file {value} already exists; pass --overwrite or choose another path")
+    if args.plot and not str(args.plot).lower().endswith(".png"):
+        raise BenchError(f"--plot writes PNG: give a path ending in .png, not {args.plot!r}")
+    providers = [p for p in args.provider.split(",") if p.strip()] if args.provider else None
+    result = run_bench(args.export, providers, parse_int_list(args.threads, "--threads"),
+                       parse_int_list(args.batch, "--batch"), parse_int_list(args.seq, "--seq"), args.compare_torch,
+                       args.repeats, args.warmup, allow_fallback=args.allow_fallback, profile=args.profile,
+                       decode_tokens=args.decode_tokens, adapter=args.adapter, timeout_s=args.timeout)
+    print(markdown_table(result))
+    if args.plot:  # the plot first: if it fails, no JSON claims a complete run
+        plot(result, args.plot)
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (`python -m dynalora.edge_runtime.bench EXPORT ...`) until the main CLI registers it."""
+    parser = argparse.ArgumentParser(prog="dynalora bench", description=__doc__.splitlines()[0])
+    add_bench_arguments(parser)
+    try:
+        return bench_main(parser.parse_args(argv))
+    except DynaloraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

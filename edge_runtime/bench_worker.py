@@ -1,0 +1,254 @@
+"""One benchmark configuration in a fresh process: load, check outputs, warm up, time, print one JSON record.
+
+`dynalora bench` (bench.py) starts one of these per configuration so that peak RSS measures this
+configuration alone (nothing loaded by an earlier one is still resident). Run by hand:
+
+    python -m dynalora.edge_runtime.bench_worker --spec '{"export": "exports/rt", "engine": "onnxruntime",
+        "provider": "CPUExecutionProvider", "threads": 1, "batch": 1, "seq": 32, "inputs": "in.npz",
+        "repeats": 20, "warmup": 3}'
+
+The input ids come from an .npz written by the parent, so the onnxruntime and torch workers see
+identical tokens, and the onnxruntime worker never imports transformers or torch (they would add
+hundreds of MB to its peak RSS). stdout carries exactly one JSON line: the record, or {"error": ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dynalora.core.errors import DynaloraError
+
+TORCH_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+class BenchError(DynaloraError):
+    """A benchmark that cannot run as asked (bad flags, missing torch/ weights, failed validation)."""
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB.
+
+    Linux: VmHWM from /proc/self/status, the high-water mark of this process image only. Not
+    ru_maxrss: Linux carries the parent's peak across fork+exec into the child's ru_maxrss, so a
+    worker started by a parent that had loaded torch would report the parent's peak.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text(encoding="utf-8").splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024**2 if sys.platform == "darwin" else peak / 1024
+
+
+def current_rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 1024**2
+
+
+def model_size_mb(folder: Path, files: list[str], engine: str) -> float:
+    """Bytes on disk of what the engine loads: the ONNX graph + external data, or the torch/ weights."""
+    if engine == "torch":
+        paths = [p for p in (folder / "torch").rglob("*") if p.suffix in TORCH_WEIGHT_SUFFIXES]
+    else:
+        paths = [folder / f for f in files if not f.startswith(("torch/", "adapters/"))
+                 and (f.endswith(".onnx") or ".onnx.data" in f or f.endswith(".onnx_data"))]
+    return sum(p.stat().st_size for p in paths) / 1024**2
+
+
+def summarize_ms(raw_ms: list[float]) -> dict[str, Any]:
+    """Latency statistics in milliseconds; the raw samples are kept for later analysis."""
+    a = np.asarray(raw_ms, dtype=np.float64)
+    pct = {f"p{q}": float(np.percentile(a, q)) for q in (10, 50, 90, 95, 99)}
+    return {"mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()), "max": float(a.max()), **pct,
+            "raw": [float(x) for x in a]}
+
+
+def time_calls(fn: Callable[[], Any], warmup: int, repeats: int, sync: Callable[[], None] = lambda: None,
+               ) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    sync()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return samples
+
+
+class OnnxEngine:
+    """The export folder through dynalora's Predictor (no tokenizer, no torch in this process)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, folder: Path, provider: str, threads: int, profile: str | None, allow_fallback: bool,
+                 adapter: str | None = None) -> None:
+        from dynalora.edge_runtime.predictor import load
+
+        # Checksums were verified once by the parent: re-hashing in every worker only costs time.
+        self.predictor = load(folder, provider=provider, threads=threads, profile=profile,
+                              allow_fallback=allow_fallback, verify=False, eager_tokenizer=False)
+        if adapter:
+            self.predictor.use_adapter(adapter)
+        self.load_s = self.predictor.load_seconds
+        self.providers_used = self.predictor.providers
+
+    def feeds(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        shape = arrays["input_ids"].shape  # (B, T)
+        feeds = {}
+        for inp in self.predictor.session.get_inputs():
+            if inp.name in arrays:
+                feeds[inp.name] = arrays[inp.name].astype(np.int64)
+            elif inp.name == "token_type_ids":
+                feeds[inp.name] = np.zeros(shape, dtype=np.int64)
+            elif inp.name == "position_ids":
+                feeds[inp.name] = np.tile(np.arange(shape[1], dtype=np.int64), (shape[0], 1))
+            elif inp.name.startswith("past_key_values"):  # (B, kv_heads, 0, head_dim): empty cache = prefill
+                dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+                feeds[inp.name] = np.zeros((shape[0], inp.shape[1], 0, inp.shape[3]), dtype=dtype)
+        return feeds
+
+    def forward(self, arrays: dict[str, np.ndarray]) -> Callable[[], np.ndarray]:
+        feeds = self.feeds(arrays)
+        index = self.predictor.output_names.index("logits") if "logits" in self.predictor.output_names else 0
+        return lambda: self.predictor.run_raw(feeds)[index]
+
+    def decode(self, arrays: dict[str, np.ndarray], new_tokens: int) -> tuple[float, float, int]:
+        out = self.predictor.greedy_decode(arrays["input_ids"].astype(np.int64), new_tokens)
+        return out["prefill_s"], out["decode_s"], out["decode_steps"]
+
+    def sync(self) -> None:
+        pass
+
+
+class TorchEngine:
+    """The merged PyTorch weights the exporter saved in EXPORT/torch (Hugging Face format)."""
+
+    name = "torch"
+
+    def __init__(self, folder: Path, problem: str, threads: int, device: str) -> None:
+        source = folder / "torch"
+        if not source.is_dir() or not any(p.suffix in TORCH_WEIGHT_SUFFIXES for p in source.iterdir()):
+            raise BenchError(f"--compare-torch needs the PyTorch weights in {source} (written by `dynalora export` "
+                             "for merged exports); re-export or drop --compare-torch")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.device = torch.device(device)
+        t0 = time.perf_counter()
+        cls = AutoModelForCausalLM if problem == "causal-lm" else AutoModelForSequenceClassification
+        self.model = cls.from_pretrained(source, local_files_only=True).to(self.device).eval()
+        self.sync()
+        self.load_s = time.perf_counter() - t0
+        self.providers_used = [f"torch:{device}"]
+        self.causal = problem == "causal-lm"
+
+    def _tensors(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        keys = ["input_ids", "attention_mask"] + ([] if self.causal else ["token_type_ids"])
+        return {k: self.torch.from_numpy(arrays[k].astype(np.int64)).to(self.device) for k in keys if k in arrays}
+
+    def forward(self, arrays: dict[str, np.ndarray]) -> Callable[[], np.ndarray]:
+        tensors = self._tensors(arrays)
+
+        def run() -> np.ndarray:
+            with self.torch.inference_mode():
+                return self.model(**tensors).logits.float().cpu().numpy()
+
+        return run
+
+    def decode(self, arrays: dict[str, np.ndarray], new_tokens: int) -> tuple[float, float, int]:
+        tensors = self._tensors(arrays)
+        ids, mask = tensors["input_ids"], tensors["attention_mask"]
+        with self.torch.inference_mode():
+            t0 = time.perf_counter()
+            out = self.model(input_ids=ids, attention_mask=mask, use_cache=True)
+            self.sync()
+            prefill_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for _ in range(new_tokens - 1):
+                next_ids = out.logits[:, -1, :].argmax(dim=-1, keepdim=True)  # (B, 1)
+                mask = self.torch.cat([mask, self.torch.ones_like(next_ids)], dim=1)
+                out = self.model(input_ids=next_ids, attention_mask=mask, past_key_values=out.past_key_values,
+                                 use_cache=True)
+            self.sync()
+        return prefill_s, time.perf_counter() - t0, new_tokens - 1
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+
+
+def run_config(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one configuration described by `spec` (see the module docstring) and return its record."""
+    folder = Path(spec["export"])
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    problem = manifest["task"]["problem"]
+    with np.load(spec["inputs"]) as data:
+        arrays = {k: data[k] for k in data.files}
+    rss_baseline = current_rss_mb()
+    if spec["engine"] == "torch":
+        engine: OnnxEngine | TorchEngine = TorchEngine(folder, problem, spec["threads"], spec.get("device", "cpu"))
+    else:
+        engine = OnnxEngine(folder, spec["provider"], spec["threads"], spec.get("profile"),
+                            spec.get("allow_fallback", False), spec.get("adapter"))
+    run = engine.forward(arrays)
+    first = run()
+    if not np.all(np.isfinite(first)):
+        raise BenchError(f"{engine.name} produced NaN/inf outputs on the synthetic batch; the export is broken")
+    raw = time_calls(run, spec["warmup"], spec["repeats"], engine.sync)
+    latency = summarize_ms(raw)
+    batch = spec["batch"]
+    record: dict[str, Any] = {
+        "engine": engine.name, "provider": spec["provider"] if engine.name == "onnxruntime" else engine.providers_used[0],
+        "providers_used": engine.providers_used, "threads": spec["threads"], "batch": batch, "seq": spec["seq"],
+        "profile": spec.get("profile"), "adapter": spec.get("adapter"),
+        "latency_ms": latency, "throughput": batch / (latency["mean"] / 1e3), "load_s": engine.load_s,
+        "model_mb": model_size_mb(folder, list(manifest.get("files", {})), engine.name),
+        "precision": manifest.get("precision", "fp32"), "kind": manifest["kind"], "problem": problem,
+        "repeats": spec["repeats"], "warmup": spec["warmup"], "rss_baseline_mb": rss_baseline,
+    }
+    new_tokens = spec.get("decode_tokens", 0)
+    if problem == "causal-lm" and new_tokens > 1:
+        runs = [engine.decode(arrays, new_tokens) for _ in range(max(1, min(3, spec["repeats"])))]
+        prefill_s = float(np.mean([r[0] for r in runs]))
+        decode_s, steps = float(np.sum([r[1] for r in runs])), int(np.sum([r[2] for r in runs]))
+        record.update(prefill_ms=prefill_s * 1e3, decode_tokens=new_tokens,
+                      decode_tokens_per_s=batch * steps / decode_s if decode_s > 0 else float("inf"))
+    record["peak_rss_mb"] = peak_rss_mb()  # last: includes everything this configuration touched
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="one dynalora bench configuration (started by `dynalora bench`)")
+    parser.add_argument("--spec", required=True, help="JSON object describing the configuration")
+    args = parser.parse_args(argv)
+    out = sys.stdout
+    sys.stdout = sys.stderr  # libraries that print must not corrupt the one JSON line on stdout
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        record = run_config(json.loads(args.spec))
+    except DynaloraError as exc:
+        out.write(json.dumps({"error": str(exc), "error_type": type(exc).__name__}) + "\n")
+        return exc.exit_code
+    out.write(json.dumps(record) + "\n")
+    out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

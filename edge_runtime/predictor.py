@@ -1,0 +1,306 @@
+"""Run an exported model with onnxruntime: classification / regression / causal-LM generation.
+
+    from dynalora.edge_runtime import load
+    p = load("exports/rt", provider="cpu", threads=2)        # checksums verified before loading
+    p.predict(["a gripping film", "dull"])["labels"]        # ['fresh', 'rotten']
+    p.use_adapter("sst2")                                     # kind == "adapters": native ORT LoRA
+    load("exports/tiny-llama").generate("the movie", max_new_tokens=16)
+
+One InferenceSession per Predictor. `generate` wraps the folder in optimum's ORTModelForCausalLM on first
+use (the exporter writes optimum's KV-cache layout); its session then replaces the Predictor's, so
+there is still one. `greedy_decode` is our own KV-cache loop: the benchmark times prefill and decode
+with it, and `generate` uses it while a LoRA adapter is active (optimum cannot pass RunOptions).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_c
+
+from dynalora.core.errors import DynaloraError
+from dynalora.edge_runtime.manifest import Manifest, read_manifest, verify_checksums
+from dynalora.edge_runtime.providers import (
+    DeviceProfile,
+    ProviderError,
+    ProviderFallbackWarning,
+    get_profile,
+    provider_options_for,
+    resolve_providers,
+    session_options,
+)
+
+
+class RuntimeLoadError(DynaloraError):
+    """An export that cannot be loaded or run as asked (wrong task, missing adapter, bad input)."""
+
+
+# What onnxruntime raises for a corrupt / unsupported model file or a provider that will not start.
+_ORT_LOAD_ERRORS = (_ort_c.Fail, _ort_c.InvalidGraph, _ort_c.InvalidProtobuf, _ort_c.NoSuchFile, _ort_c.EPFail,
+                    _ort_c.NotImplemented, _ort_c.InvalidArgument, _ort_c.RuntimeException)
+_NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+              "tensor(int32)": np.int32}
+
+
+class Predictor:
+    """A loaded export. Build it with `load()`; attributes: manifest, providers, load_seconds."""
+
+    def __init__(self, folder: Path, manifest: Manifest, session: ort.InferenceSession, load_seconds: float,
+                 verify_seconds: float, session_args: dict[str, Any]) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        self.session = session
+        self.load_seconds = load_seconds  # InferenceSession creation (checksums and tokenizer excluded)
+        self.verify_seconds = verify_seconds  # sha256 of every listed file
+        self._session_args = session_args  # providers / options, to rebuild the session through optimum
+        self._tokenizer: Any = None
+        self._ort_model: Any = None  # optimum ORTModelForCausalLM, built by the first generate()
+        self._adapters: dict[str, ort.LoraAdapter] = {}
+        self._run_options: ort.RunOptions | None = None
+        self.active_adapter: str | None = None
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    @property
+    def tokenizer(self) -> Any:
+        """The export's Hugging Face tokenizer, loaded on first use (it imports transformers)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
+            except (OSError, ValueError) as exc:
+                raise RuntimeLoadError(f"cannot load the tokenizer from {self.folder} ({exc}); "
+                                       "re-export the model") from exc
+        return self._tokenizer
+
+    @property
+    def providers(self) -> list[str]:
+        """Providers the session actually uses (onnxruntime may have dropped one it could not start)."""
+        return list(self.session.get_providers())
+
+    @property
+    def uses_kv_cache(self) -> bool:
+        return any(name.startswith("past_key_values") for name in self.input_names)
+
+    # -- adapters --------------------------------------------------------------------------------
+    def use_adapter(self, name: str | None) -> None:
+        """Activate a LoRA adapter shipped in adapters/ (kind == "adapters"); None runs the bare base."""
+        if name is None:
+            self._run_options, self.active_adapter = None, None
+            return
+        available = dict(self.manifest.adapters)
+        if not available:
+            raise RuntimeLoadError(f"{self.folder} is a {self.manifest.kind!r} export with no adapters; "
+                                   "use_adapter needs an export made with kind 'adapters'")
+        if name not in available:
+            raise RuntimeLoadError(f"unknown adapter {name!r}; this export has: {', '.join(sorted(available))}")
+        if name not in self._adapters:
+            adapter = ort.LoraAdapter()
+            adapter.Load(str(self.folder / available[name]))  # memory-mapped, cheap to keep around
+            self._adapters[name] = adapter
+        run_options = ort.RunOptions()
+        run_options.add_active_adapter(self._adapters[name])
+        self._run_options, self.active_adapter = run_options, name
+
+    # -- raw execution ---------------------------------------------------------------------------
+    def run_raw(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """session.run with the active adapter (if any); `feeds` must name the graph's inputs."""
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise RuntimeLoadError(f"run_raw is missing inputs {missing}; the model takes {self.input_names}")
+        return self.session.run(None, feeds, self._run_options)
+
+    def encode(self, texts: Sequence[str] | Sequence[tuple[str, str]], *, max_length: int | None = None,
+               pad_to: int | None = None) -> dict[str, np.ndarray]:
+        """Tokenize to the graph's inputs (int64). `pad_to` pads/truncates to exactly that many tokens."""
+        if not texts:
+            raise RuntimeLoadError("predict needs at least one text")
+        pairs = isinstance(texts[0], (tuple, list))
+        first = [t[0] for t in texts] if pairs else list(texts)
+        second = [t[1] for t in texts] if pairs else None
+        length = pad_to or max_length or self.manifest.max_length
+        enc = self.tokenizer(first, second, padding="max_length" if pad_to else True, truncation=length is not None,
+                             max_length=length, return_tensors="np")
+        feeds: dict[str, np.ndarray] = {}
+        shape = enc["input_ids"].shape
+        for inp in self.session.get_inputs():
+            if inp.name in enc:
+                feeds[inp.name] = np.asarray(enc[inp.name], dtype=_NP_DTYPES.get(inp.type, np.int64))
+            elif inp.name == "token_type_ids":
+                feeds[inp.name] = np.zeros(shape, dtype=np.int64)
+            elif inp.name == "position_ids":
+                feeds[inp.name] = np.broadcast_to(np.arange(shape[1], dtype=np.int64), shape).copy()
+        return feeds
+
+    # -- tasks -----------------------------------------------------------------------------------
+    def predict(self, texts: Sequence[str] | Sequence[tuple[str, str]]) -> dict[str, Any]:
+        """Classify / score texts (or (text_a, text_b) pairs).
+
+        Returns {"logits": (B, C) float array, and for classification "label_ids", "labels",
+        "probabilities"; for regression "values" (B,) or (B, C)}.
+        """
+        if self.manifest.problem == "causal-lm":
+            raise RuntimeLoadError("this export is a causal LM: call generate(prompt) instead of predict()")
+        logits = self.run_raw(self.encode(texts))[self._output_index("logits")]
+        logits = np.asarray(logits, dtype=np.float32)
+        if self.manifest.problem == "regression":
+            values = logits[:, 0] if logits.shape[-1] == 1 else logits
+            return {"logits": logits, "values": values}
+        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probabilities = shifted / shifted.sum(axis=-1, keepdims=True)
+        label_ids = logits.argmax(axis=-1)
+        names = self.manifest.label_names
+        labels = [names[i] if i < len(names) else str(i) for i in label_ids.tolist()]
+        return {"logits": logits, "label_ids": label_ids, "labels": labels, "probabilities": probabilities}
+
+    def generate(self, prompt: str, max_new_tokens: int = 32) -> str:
+        """Greedy continuation of `prompt` (new text only), decoding with the KV cache."""
+        if self.manifest.problem != "causal-lm":
+            raise RuntimeLoadError(f"generate needs a causal-lm export; this one is {self.manifest.problem!r}: "
+                                   "use predict()")
+        if max_new_tokens < 1:
+            raise RuntimeLoadError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if self.active_adapter is not None:
+            # optimum cannot pass RunOptions, so an adapter decodes through our own KV-cache loop.
+            ids = self.encode([prompt])["input_ids"]
+            new = self.greedy_decode(ids, max_new_tokens, stop_at_eos=True)["tokens"][0]
+        else:
+            enc = self.tokenizer([prompt], return_tensors="pt")
+            out = self._optimum_model().generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+            new = out[0, enc["input_ids"].shape[1]:].tolist()
+        return self.tokenizer.decode(new, skip_special_tokens=True)
+
+    def greedy_decode(self, input_ids: np.ndarray, max_new_tokens: int, stop_at_eos: bool = False,
+                      ) -> dict[str, Any]:
+        """Greedy decoding on the raw session with the KV cache; times prefill and decode separately.
+
+        Returns {"tokens": (B, n) int64, "prefill_s": float, "decode_s": float, "decode_steps": int}.
+        """
+        if not self.uses_kv_cache:
+            raise RuntimeLoadError("this export has no past_key_values inputs; re-export with "
+                                   "task text-generation-with-past to decode with a KV cache")
+        batch, length = input_ids.shape  # (B, T)
+        past_inputs = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values")]
+        feeds: dict[str, np.ndarray] = {
+            i.name: np.zeros((batch, i.shape[1], 0, i.shape[3]), dtype=_NP_DTYPES.get(i.type, np.float32))
+            for i in past_inputs  # (B, kv_heads, 0, head_dim): empty cache for the prefill
+        }
+        feeds["input_ids"] = input_ids.astype(np.int64)
+        attention = np.ones((batch, length), dtype=np.int64)
+        present_to_past = {o: o.replace("present", "past_key_values", 1) for o in self.output_names
+                           if o.startswith("present")}
+        eos = self._eos_token_id()
+        tokens: list[np.ndarray] = []
+        prefill_s = decode_s = 0.0
+        position = length
+        for step in range(max_new_tokens):
+            feeds["attention_mask"] = attention
+            if "position_ids" in self.input_names:
+                start = position - feeds["input_ids"].shape[1]
+                feeds["position_ids"] = np.tile(np.arange(start, position, dtype=np.int64), (batch, 1))
+            t0 = time.perf_counter()
+            outputs = self.session.run(None, feeds, self._run_options)
+            elapsed = time.perf_counter() - t0
+            if step == 0:
+                prefill_s = elapsed
+            else:
+                decode_s += elapsed
+            by_name = dict(zip(self.output_names, outputs, strict=True))
+            next_ids = by_name["logits"][:, -1, :].argmax(axis=-1).astype(np.int64)  # (B,)
+            tokens.append(next_ids)
+            if stop_at_eos and eos is not None and bool(np.all(next_ids == eos)):
+                break
+            for present, past in present_to_past.items():
+                feeds[past] = by_name[present]
+            feeds["input_ids"] = next_ids[:, None]  # (B, 1): only the new token, the rest is cached
+            attention = np.concatenate([attention, np.ones((batch, 1), dtype=np.int64)], axis=1)
+            position += 1
+        return {"tokens": np.stack(tokens, axis=1), "prefill_s": prefill_s, "decode_s": decode_s,
+                "decode_steps": len(tokens) - 1}
+
+    def _eos_token_id(self) -> int | None:
+        for name in ("generation_config.json", "config.json"):
+            path = self.folder / name
+            if path.is_file():
+                eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+                if eos is not None:
+                    return eos[0] if isinstance(eos, list) else int(eos)
+        return None
+
+    def _optimum_model(self) -> Any:
+        """optimum's ORTModelForCausalLM on this folder; its session replaces ours (one session only)."""
+        if self._ort_model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # an edge runtime never reaches for the hub
+            from optimum.onnxruntime import ORTModelForCausalLM
+
+            try:
+                self._ort_model = ORTModelForCausalLM.from_pretrained(
+                    self.folder, file_name=self.manifest.model_file, use_cache=True, local_files_only=True,
+                    use_io_binding=False, **self._session_args)
+            except (*_ORT_LOAD_ERRORS, OSError) as exc:
+                raise RuntimeLoadError(f"optimum could not load {self.folder}: {str(exc).splitlines()[0]}") from exc
+            self.session = self._ort_model.session
+        return self._ort_model
+
+    def _output_index(self, name: str) -> int:
+        return self.output_names.index(name) if name in self.output_names else 0
+
+
+def _resolve_profile(profile: str | DeviceProfile | None) -> DeviceProfile | None:
+    return get_profile(profile) if isinstance(profile, str) else profile
+
+
+def load(export_dir: str | os.PathLike[str], provider: str | None = None, threads: int | None = None,
+         profile: str | DeviceProfile | None = None, allow_fallback: bool = False, verify: bool = True,
+         eager_tokenizer: bool = True) -> Predictor:
+    """Verify and load an export folder.
+
+    provider: "cpu", "cuda", "CUDAExecutionProvider", ... or None (the profile's provider, else the best
+    available). threads: intra-op threads (default: the profile's, else all physical cores).
+    allow_fallback: run on CPU with a warning instead of failing when the provider is unavailable.
+    verify: check every file's sha256 first. eager_tokenizer: load the tokenizer now (False keeps
+    transformers / torch out of the process, as the benchmark worker wants).
+    """
+    folder = Path(export_dir)
+    manifest = read_manifest(folder)
+    t0 = time.perf_counter()
+    if verify:
+        verify_checksums(folder, manifest)
+    verify_seconds = time.perf_counter() - t0
+
+    device = _resolve_profile(profile)
+    providers = resolve_providers(provider or (device.provider if device else None), allow_fallback)
+    options = session_options(device, threads)
+    provider_options = provider_options_for(providers, device)
+
+    session_args = {"providers": providers, "provider_options": provider_options, "session_options": options}
+    model_path = folder / manifest.model_file
+    t0 = time.perf_counter()
+    try:
+        session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers,
+                                       provider_options=provider_options)
+    except (*_ORT_LOAD_ERRORS, OSError) as exc:
+        raise RuntimeLoadError(f"onnxruntime could not load {model_path}: {str(exc).splitlines()[0]}") from exc
+    load_seconds = time.perf_counter() - t0
+
+    used = session.get_providers()
+    if used and used[0] != providers[0]:
+        # onnxruntime silently drops a provider whose libraries fail to load (e.g. no CUDA runtime).
+        if not allow_fallback:
+            raise ProviderError(f"{providers[0]} failed to start (missing libraries?) and onnxruntime fell back "
+                                f"to {used[0]}; fix the install or pass --allow-fallback")
+        warnings.warn(f"{providers[0]} failed to start; running on {used[0]}", ProviderFallbackWarning,
+                      stacklevel=2)
+    predictor = Predictor(folder, manifest, session, load_seconds, verify_seconds, session_args)
+    if eager_tokenizer:
+        predictor.tokenizer  # noqa: B018 - fail now, not at the first predict(), if the tokenizer is broken
+    return predictor
