@@ -272,6 +272,7 @@ def main() -> int:
                 print(f"[{time.time() - t_start:7.0f}s] {task} {m} seed={s} acc={r['metrics']['accuracy']:.4f} f1={r['metrics']['f1']:.4f}", flush=True)
         report["tasks"][task] = entry
         write_json(out_dir / "train_quality.json", report)
+        write_text(out_dir / "train_quality.md", render(report))
     first = load_data(TrainConfig(task=args.tasks.split(",")[0], out="-", seed=0))
     tmethods = [m for m in ("static", "dynamic", "per-example", "peft-lora", "peft-adalora") if m in methods]
     samples = timing_phase(tmethods, model_path, first, args.batch, args.max_length, args.timing_rounds, args.timing_steps)

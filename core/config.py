@@ -130,8 +130,20 @@ class TrainConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
     backend: str = field(default="local", metadata={"help": "local | torchrun | ray"})
     workers: int = field(default=1, metadata={"help": "data-parallel workers (ray backend)"})
+    max_failures: int = field(default=0, metadata={"help": "ray backend: restarts from the latest checkpoint after a worker failure"})
+    storage_path: str | None = field(default=None, metadata={"help": "ray backend: Ray Train storage (shared storage for multi-node)"})
+    ray_address: str | None = field(default=None, metadata={"help": "ray backend: cluster address (default: RAY_ADDRESS, else a local cluster)"})
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     dynamic: DynamicConfig = field(default_factory=DynamicConfig)
+
+    def __post_init__(self) -> None:
+        # paths may come in as pathlib.Path from Python callers; store plain strings (YAML-safe)
+        for name in ("model", "out", "data_dir", "train_file", "eval_file", "task"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                setattr(self, name, str(value))
+        if self.task == "":
+            self.task = None
 
     def validate(self) -> None:
         self.lora.validate()
@@ -156,6 +168,8 @@ class TrainConfig:
             raise ConfigError(f"unknown backend {self.backend!r}: use local, torchrun or ray")
         if self.workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+        if self.max_failures < 0:
+            raise ConfigError(f"--max-failures must be >= 0, got {self.max_failures}")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: pick one")
         if self.task is None and self.train_file is None:

@@ -225,7 +225,15 @@ def load_run(path: str | Path) -> LoadedRun:
     config = TrainConfig.from_yaml(path / "config.yaml")
     task = info["task"]
     tok_dir = path / "tokenizer"
-    tokenizer = load_tokenizer(str(tok_dir) if tok_dir.is_dir() else info["base_model"])
+    if tok_dir.is_dir():
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"tokenizer in {tok_dir} cannot be loaded: {str(exc).splitlines()[0]}") from None
+    else:
+        tokenizer = load_tokenizer(info["base_model"])
     model = load_classifier(info["base_model"], task["num_labels"], task["problem"], seed=config.seed)
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id

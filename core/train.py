@@ -253,9 +253,14 @@ def train(cfg: TrainConfig, collective: Collective | None = None, hooks: TrainHo
             restore(model, optimizer, tensors, ckpts[-1])
             controller.load_state_dict({k[len("controller.") :]: v for k, v in tensors.items() if k.startswith("controller.")})
             scheduler.load_state_dict(meta["scheduler"])
+            for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
+                group["lr"] = lr  # the optimizer only sees the schedule's lr after the next step() otherwise
             torch.set_rng_state(tensors["rng.torch"])
             start = int(meta["step"])
             losses = list(meta.get("losses", []))
+            if is_main:  # drop log lines written after the checkpoint: they will be written again
+                for log in ("allocation.jsonl", "metrics.jsonl"):
+                    truncate_log(out / log, start)
 
     if is_main and not cfg.resume:
         if out.exists() and cfg.overwrite:
@@ -331,6 +336,13 @@ def train(cfg: TrainConfig, collective: Collective | None = None, hooks: TrainHo
         finish_run(out, cfg, data, model, tokenizer, controller, model_path, metrics, steps, world)
     collective.gather("done")
     return RunResult(out=out, metrics=metrics, ranks=controller.ranks(), steps=steps, losses=losses, step_times=step_times)
+
+
+def truncate_log(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    keep = [l for l in path.read_text(encoding="utf-8").splitlines() if l.strip() and json.loads(l).get("step", 0) <= step]
+    write_text(path, "".join(l + "\n" for l in keep))
 
 
 class _nullcontext:

@@ -1,0 +1,139 @@
+"""RankController on tiny models: reallocation conserves the budget, leaves outputs unchanged at
+the step it happens, follows input complexity as documented, and is deterministic."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dynalora.core.config import DynamicConfig, LoRAConfig
+from dynalora.core.controller import LocalCollective, RankController
+from dynalora.core.inject import inject_adapters
+from tiny_models import tiny_model
+
+
+class _Recorder(LocalCollective):
+    def __init__(self) -> None:
+        self.reduced = 0
+
+    def reduce(self, flat: torch.Tensor) -> None:
+        self.reduced += 1
+
+
+def _train(arch: str, dyn: DynamicConfig, steps: int = 40, seed: int = 0):
+    torch.manual_seed(seed)
+    model = tiny_model(arch, seed=seed)
+    layers, ctx = inject_adapters(model, targets=None, capacity=8, rank=4, scaling=2.0)
+    lora = LoRAConfig(rank=4, max_rank=8)
+    ctrl = RankController(layers, ctx, lora, dyn, steps, seed=seed)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(5, 1000, (8, 12), generator=g)
+    mask = torch.ones(8, 12, dtype=torch.long)
+    mask[:4, 9:] = 0
+    y = torch.randint(0, 2, (8,), generator=g)
+    coll = _Recorder()
+    events, jumps = [], []
+    for step in range(1, steps + 1):
+        model.train()
+        model(input_ids=x, attention_mask=mask, labels=y).loss.backward()
+        ctrl.after_backward()
+        opt.step()
+        opt.zero_grad()
+        ctrl.fade()
+        model.eval()
+        with torch.no_grad():
+            before = model(input_ids=x, attention_mask=mask).logits
+        ev = ctrl.maybe_reallocate(step, opt, coll)
+        with torch.no_grad():
+            after = model(input_ids=x, attention_mask=mask).logits
+        if ev is not None:
+            events.append(ev)
+            jumps.append(float((after - before).abs().max()))
+    return model, layers, ctrl, events, jumps, coll
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama", "gpt2"])
+def test_reallocation_conserves_budget_and_leaves_outputs_unchanged(arch: str) -> None:
+    _, layers, ctrl, events, jumps, coll = _train(arch, DynamicConfig())
+    assert events, "the schedule must produce reallocations in a 40-step run"
+    assert coll.reduced == len(events)  # exactly one reduce per reallocation
+    budget = 4 * len(layers)
+    moved = False
+    for ev in events:
+        assert sum(ev["ranks"].values()) == budget
+        assert all(1 <= r <= 8 for r in ev["ranks"].values())
+        moved = moved or len(set(ev["ranks"].values())) > 1
+    assert moved, "ranks never moved between layers"
+    assert max(jumps) == 0.0  # grow (zero B column) and prune (gate fades later) are exact at the step
+
+
+def test_static_mode_never_moves_and_skips_statistics() -> None:
+    _, layers, ctrl, events, _, coll = _train("bert", DynamicConfig(reallocate=False, input_adaptive="off"))
+    assert events == [] and coll.reduced == 0 and ctrl.stats is None
+    assert all(l.rank == 4 and l.static for l in layers.values())
+
+
+def test_runs_are_deterministic() -> None:
+    a = _train("bert", DynamicConfig(), seed=3)[3]
+    b = _train("bert", DynamicConfig(), seed=3)[3]
+    assert [e["ranks"] for e in a] == [e["ranks"] for e in b]
+    assert [e["digest"] for e in a] == [e["digest"] for e in b]
+
+
+def test_pruned_components_fade_out_within_one_interval() -> None:
+    _, layers, ctrl, events, _, _ = _train("bert", DynamicConfig(), steps=60)
+    for layer in layers.values():  # after the final freeze every fade has finished
+        assert torch.equal(layer.gate, layer.kept.float())
+
+
+class _TwoInputs(nn.Module):
+    """Two adapted layers fed with inputs of very different complexity."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.simple = nn.Linear(32, 32)
+        self.rich = nn.Linear(32, 32)
+
+    def forward(self, xs: torch.Tensor, xr: torch.Tensor) -> torch.Tensor:
+        return self.simple(xs).pow(2).mean() + self.rich(xr).pow(2).mean()
+
+
+def test_input_complexity_moves_rank_to_the_richer_input() -> None:
+    """input_weight=1: rank follows the participation ratio of each layer's inputs."""
+    torch.manual_seed(0)
+    model = _TwoInputs()
+    layers, ctx = inject_adapters(model, targets=["simple", "rich"], capacity=8, rank=4, scaling=1.0)
+    ctrl = RankController(layers, ctx, LoRAConfig(rank=4, max_rank=8), DynamicConfig(input_weight=1.0), 20)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    direction = torch.randn(1, 32)
+    ranks = None
+    for step in range(1, 21):
+        xs = torch.randn(64, 1) * direction + 0.01 * torch.randn(64, 32)  # ~rank-1: PR close to 1
+        xr = torch.randn(64, 32)  # isotropic: PR close to 32
+        model(xs, xr).backward()
+        ctrl.after_backward()
+        opt.step()
+        opt.zero_grad()
+        ev = ctrl.step_end(step, opt, LocalCollective())
+        if ev:
+            ranks = ev["ranks"]
+            assert ev["complexity"]["rich"] > 10 * ev["complexity"]["simple"]
+    assert ranks is not None and ranks["rich"] > ranks["simple"]
+    assert ranks["rich"] + ranks["simple"] == 8
+
+
+def test_sensitivity_only_ignores_inputs() -> None:
+    torch.manual_seed(0)
+    model = _TwoInputs()
+    layers, ctx = inject_adapters(model, targets=["simple", "rich"], capacity=8, rank=4, scaling=1.0)
+    ctrl = RankController(layers, ctx, LoRAConfig(rank=4, max_rank=8), DynamicConfig(input_adaptive="off"), 20)
+    assert ctrl.stats is not None and not ctrl.stats.collect_inputs
+
+
+def test_per_example_mode_calibrates_reference_variance() -> None:
+    _, layers, ctrl, events, _, _ = _train("bert", DynamicConfig(input_adaptive="per-example"))
+    assert events
+    assert all(float(l.v_ref) > 0 for l in layers.values())
+    assert ctrl.context.per_example

@@ -1,0 +1,298 @@
+"""Tests of dynalora.export on tiny random-init models (bert, llama, gpt2) trained for a few steps.
+
+    pytest tests/test_export.py                 # everything CPU (~25 s on 2 cores; nothing needs `slow`)
+    pytest tests/test_export.py -m gpu          # fp16 on CUDAExecutionProvider (skipped without one)
+
+Runs are trained once per session (12 steps) and shared; every export goes to its own tmp folder.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tiny_models import save_tiny_model
+
+WORDS = "good bad great awful fine movie film plot actor boring fun dull nice the a is was very".split()
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny runs: bert (rank 4), bert per-example (rank 2), bert regression, llama, gpt2."""
+    from dynalora.core.config import DynamicConfig, LoRAConfig, TrainConfig
+    from dynalora.core.train import train
+
+    root = tmp_path_factory.mktemp("export_runs")
+    rng = random.Random(0)
+    rows = ["text,label"]
+    for i in range(96):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 12))] + (["good"] if i % 2 else ["bad"])
+        rows.append(" ".join(words) + f",{i % 2}")
+    (root / "data.csv").write_text("\n".join(rows) + "\n")
+    reg = ["text,label"] + [f"{r.rsplit(',', 1)[0]},{0.5 * i % 3:.2f}" for i, r in enumerate(rows[1:])]
+    (root / "reg.csv").write_text("\n".join(reg) + "\n")
+    out: dict[str, Path] = {}
+    specs = {
+        "bert": ("bert", "data.csv", 4, "layer"),
+        "bert_pe": ("bert", "data.csv", 2, "per-example"),
+        "bert_reg": ("bert", "reg.csv", 4, "layer"),
+        "llama": ("llama", "data.csv", 4, "layer"),
+        "gpt2": ("gpt2", "data.csv", 4, "layer"),
+    }
+    for key, (arch, data, rank, mode) in specs.items():
+        model_dir = root / f"model_{arch}"
+        if not model_dir.exists():
+            save_tiny_model(arch, model_dir)
+        out[key] = root / f"run_{key}"
+        train(TrainConfig(model=str(model_dir), task=None, train_file=str(root / data), out=str(out[key]), steps=12,
+                          batch_size=8, progress=False, lora=LoRAConfig(rank=rank),
+                          dynamic=DynamicConfig(input_adaptive=mode)))
+    return out
+
+
+def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    from dynalora.cli import main
+
+    code = main(args)
+    return code, capsys.readouterr().err.strip()
+
+
+def _torch_vs_ort(export: Path, run: Path, adapter: str | None = None) -> float:
+    """Max abs logit diff between the PyTorch run and the export, on the run's eval texts."""
+    import onnxruntime as ort
+    import torch
+
+    from dynalora.export.common import encode, eval_examples, load_run_checked
+
+    loaded = load_run_checked(run)
+    sess = ort.InferenceSession(str(export / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    feeds = encode(loaded.tokenizer, eval_examples(loaded, 16), loaded.config.max_length, names)
+    options = None
+    if adapter is not None:
+        manifest = json.loads((export / "manifest.json").read_text())
+        lora = ort.LoraAdapter()
+        lora.Load(str(export / manifest["adapters"][adapter]))
+        options = ort.RunOptions()
+        options.add_active_adapter(lora)
+    got = sess.run(None, feeds, options)[0]
+    with torch.no_grad():
+        want = loaded.model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+    return float(np.abs(got - want).max())
+
+
+# ---- merge -------------------------------------------------------------------------------------
+def test_merged_model_matches_and_leaves_run_untouched(runs: dict[str, Path]) -> None:
+    import torch
+
+    from dynalora.core.inject import adapter_layers
+    from dynalora.export.common import load_run_checked
+    from dynalora.export.merge import check_inputs, merged_model
+
+    run = load_run_checked(runs["bert"])
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    merged = merged_model(run)
+    assert not adapter_layers(merged) and adapter_layers(run.model)
+    for k, v in run.model.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} changed in the source run"
+    inputs = check_inputs(run.model)
+    with torch.no_grad():
+        assert torch.allclose(merged(**inputs).logits, run.model(**inputs).logits, atol=1e-5)
+
+
+def test_merged_model_refuses_per_example(runs: dict[str, Path]) -> None:
+    from dynalora.export import ExportError
+    from dynalora.export.common import load_run_checked
+    from dynalora.export.merge import merged_model
+
+    with pytest.raises(ExportError, match="export adapters"):
+        merged_model(load_run_checked(runs["bert_pe"]))
+
+
+# ---- merged export -------------------------------------------------------------------------------
+def _check_merged(run: Path, out: Path) -> dict:
+    from dynalora.export.merged import export_merged
+
+    manifest = export_merged(run, out)
+    assert manifest["kind"] == "merged" and manifest["precision"] == "fp32"
+    assert manifest["verification"]["fp32_vs_torch_max_abs"] <= 1e-4
+    assert _torch_vs_ort(out, run) <= 1e-4
+    assert (out / "torch" / "model.safetensors").is_file() and (out / "config.json").is_file()
+    assert (out / "tokenizer_config.json").is_file()
+    assert not (out / ".work").exists()
+    return manifest
+
+
+def test_export_merged_bert_parity_and_manifest(runs: dict[str, Path], tmp_path: Path) -> None:
+    from dynalora.edge_runtime.manifest import ChecksumError, read_manifest, sha256_file, verify_checksums
+
+    out = tmp_path / "exp"
+    manifest = _check_merged(runs["bert"], out)
+    assert manifest["format"] == "dynalora-export" and manifest["format_version"] == 1
+    assert manifest["model_file"] == "model.onnx" and "input_ids" in manifest["inputs"]
+    for rel, digest in manifest["files"].items():
+        assert sha256_file(out / rel) == digest
+    assert "model.onnx" in manifest["files"] and "torch/model.safetensors" in manifest["files"]
+    verify_checksums(out, read_manifest(out))
+    with open(out / "vocab.txt", "a") as fh:
+        fh.write("tampered\n")
+    with pytest.raises(ChecksumError, match="vocab.txt"):
+        verify_checksums(out, read_manifest(out))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_export_merged_decoder_parity(runs: dict[str, Path], tmp_path: Path, arch: str) -> None:
+    _check_merged(runs[arch], tmp_path / "exp")
+
+
+def test_export_merged_int8_changes_little(runs: dict[str, Path], tmp_path: Path) -> None:
+    import onnx
+
+    from dynalora.export.merged import export_merged
+
+    out = tmp_path / "int8"
+    manifest = export_merged(runs["bert"], out, quantize="int8")
+    v = manifest["verification"]
+    assert manifest["precision"] == "int8"
+    assert v["int8"]["per_channel"] is True and v["int8"]["fp32_nodes"], "the classifier head must stay fp32"
+    n_eval = int(v["accuracy_split"].split("(")[1].split()[0])
+    assert abs(v["accuracy_int8"] - v["accuracy_fp32"]) <= 1.0 / n_eval + 1e-9  # at most one example flips
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "QAttention"}
+    assert _torch_vs_ort(out, runs["bert"]) < 0.05
+
+
+def test_quantize_refuses_graph_without_matmul(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from dynalora.export import ExportError
+    from dynalora.export.quantize import quantize_int8
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "relu.onnx")
+    with pytest.raises(ExportError, match="int8 quantisation is not supported"):
+        quantize_int8(tmp_path / "relu.onnx", tmp_path / "q.onnx")
+
+
+# ---- adapters export ---------------------------------------------------------------------------------
+def test_export_adapters_mixed_ranks_and_per_example(runs: dict[str, Path], tmp_path: Path) -> None:
+    from dynalora.edge_runtime.manifest import read_manifest, verify_checksums
+    from dynalora.export.adapters import export_adapters
+
+    out = tmp_path / "ad"
+    manifest = export_adapters([runs["bert"], runs["bert_pe"]], out)
+    names = list(manifest["adapters"])
+    assert names == ["run_bert", "run_bert_pe"]
+    ranks = {n: manifest["adapter_runs"][n]["ranks"] for n in names}
+    assert ranks["run_bert"] != ranks["run_bert_pe"], "the test needs runs with different per-layer ranks"
+    assert manifest["adapter_runs"]["run_bert_pe"]["mode"] == "per-example"
+    for name, run in zip(names, [runs["bert"], runs["bert_pe"]], strict=True):
+        assert manifest["verification"][name]["max_abs_vs_torch"] <= 1e-4
+        assert _torch_vs_ort(out, run, adapter=name) <= 1e-4
+    assert _torch_vs_ort(out, runs["bert"]) <= 1e-4  # graph defaults = first run
+    verify_checksums(out, read_manifest(out))
+    assert all((out / rel).is_file() for rel in manifest["adapters"].values())
+
+
+def test_export_adapters_refuses_different_base_models(runs: dict[str, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _cli(["export", "adapters", "--runs", str(runs["bert"]), str(runs["llama"]), "--out",
+                      str(tmp_path / "x")], capsys)
+    assert code == 2 and "different base models" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+# ---- bad input: one line, exit 2, nothing written ---------------------------------------------
+def _no_leftovers(folder: Path) -> None:
+    assert not folder.exists()
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}.")]
+
+
+def test_cli_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    code, err = _cli(["export", "merged", "--run", str(tmp_path / "empty"), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "not a dynalora run folder" in err and len(err.splitlines()) == 1
+    _no_leftovers(tmp_path / "o")
+
+
+def test_cli_missing_tokenizer(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(runs["bert"], run)
+    shutil.rmtree(run / "tokenizer")
+    code, err = _cli(["export", "merged", "--run", str(run), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "tokenizer" in err and len(err.splitlines()) == 1
+    _no_leftovers(tmp_path / "o")
+
+
+def test_cli_existing_output_needs_overwrite(runs: dict[str, Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, err = _cli(["export", "merged", "--run", str(runs["bert"]), "--out", str(out)], capsys)
+    assert code == 2 and "--overwrite" in err and len(err.splitlines()) == 1
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_cli_per_example_merged_points_to_adapters(runs: dict[str, Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _cli(["export", "merged", "--run", str(runs["bert_pe"]), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "dynalora export adapters" in err
+    _no_leftovers(tmp_path / "o")
+
+
+def test_cli_int8_on_unsupported_run(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _cli(["export", "merged", "--run", str(runs["bert_reg"]), "--out", str(tmp_path / "o"),
+                      "--quantize", "int8"], capsys)
+    assert code == 2 and "int8" in err and len(err.splitlines()) == 1
+    _no_leftovers(tmp_path / "o")
+
+
+def test_cli_unsupported_architecture(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import optimum.exporters.onnx as onnx_exporters
+
+    def refuse(*args: object, **kwargs: object) -> None:  # what optimum raises for an unknown model_type
+        raise ValueError("Trying to export a tinyarch model, that is a custom or unsupported architecture, but no "
+                         "custom onnx configuration was passed as `custom_onnx_configs`.\nmore detail")
+
+    monkeypatch.setattr(onnx_exporters, "main_export", refuse)
+    code, err = _cli(["export", "merged", "--run", str(runs["bert"]), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "cannot handle" in err and "tinyarch" in err and len(err.splitlines()) == 1
+    _no_leftovers(tmp_path / "o")
+
+
+def test_failed_verification_writes_nothing(runs: dict[str, Path], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from dynalora.export import ExportError, common, merged
+
+    monkeypatch.setattr(merged, "PARITY_ATOL_FP32", -1.0)  # every parity check fails
+    with pytest.raises(ExportError, match="nothing was written"):
+        merged.export_merged(runs["bert"], tmp_path / "o", optimize=False)
+    _no_leftovers(tmp_path / "o")
+    assert common.PARITY_ATOL_FP32 == 1e-4
+
+
+# ---- GPU -----------------------------------------------------------------------------------------
+@pytest.mark.gpu
+def test_fp16_on_cuda(runs: dict[str, Path], tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("no CUDAExecutionProvider in this onnxruntime build")
+    from dynalora.export.merged import export_merged
+
+    out = tmp_path / "fp16"
+    manifest = export_merged(runs["bert"], out, quantize="fp16")
+    assert manifest["precision"] == "fp16"
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CUDAExecutionProvider"])
+    assert sess.get_providers()[0] == "CUDAExecutionProvider"
+    assert manifest["verification"]["fp16_vs_torch_max_abs"] <= 2e-2

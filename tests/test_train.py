@@ -1,0 +1,142 @@
+"""End-to-end training on tiny models: CLI outputs, resume equivalence, PEFT round trip, load_run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dynalora import load_run
+from dynalora.cli import main
+from dynalora.core.config import DynamicConfig, LoRAConfig, TrainConfig
+from dynalora.core.models import load_classifier
+from dynalora.core.train import TrainHooks, train
+
+
+def _cfg(model: Path, data: Path, out: Path, **kw) -> TrainConfig:
+    dyn = kw.pop("dynamic", DynamicConfig())
+    return TrainConfig(model=str(model), task=None, train_file=str(data), out=str(out), steps=kw.pop("steps", 24),
+                       batch_size=8, lr=1e-2, max_length=24, progress=False, log_every=4,
+                       lora=LoRAConfig(rank=4), dynamic=dyn, **kw)
+
+
+def test_cli_train_writes_every_output(tiny_dirs, csv_data, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    rc = main(["train", "--model", str(tiny_dirs["bert"]), "--task", "", "--train-file", str(csv_data), "--out", str(out),
+               "--steps", "24", "--batch-size", "8", "--rank", "4", "--max-length", "24", "--no-progress", "--eval-every", "12",
+               "--lr", "0.01"])
+    assert rc == 0
+    for name in ("config.yaml", "run.json", "metrics.jsonl", "allocation.jsonl", "allocation.png", "adapter/adapter_config.json",
+                 "adapter/adapter_model.safetensors", "tokenizer"):
+        assert (out / name).exists(), name
+    lines = [json.loads(l) for l in (out / "allocation.jsonl").read_text().splitlines()]
+    assert lines[0]["step"] == 0 and len(lines) > 3
+    for line in lines:
+        assert sum(line["ranks"].values()) == 4 * len(line["ranks"])
+        assert line["world_size"] == 1 and len(line["worker_digests"]) == 1
+    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval" in m and m["step"] == 12 for m in metrics)
+    final = metrics[-1]["eval"]
+    assert set(final) >= {"accuracy", "f1", "mcc"}
+    cfg = (out / "config.yaml").read_text()
+    assert "rank: 4" in cfg
+    printed = capsys.readouterr().out
+    assert "final rank per layer" in printed and "accuracy" in printed
+    png = (out / "allocation.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_fits_a_small_training_set(tiny_dirs, tmp_path) -> None:
+    """The loop really optimises: the adapters + head memorise 36 examples (a random tiny body
+    cannot generalise, so the real accuracy evidence is benchmarks/train_quality.py)."""
+    from conftest import make_rows, write_csv
+
+    data = write_csv(tmp_path / "small.csv", make_rows(40))
+    cfg = _cfg(tiny_dirs["bert"], data, tmp_path / "r", steps=60)
+    cfg.batch_size, cfg.lr, cfg.warmup_ratio = 16, 3e-2, 0.0
+    res = train(cfg)
+    first, last = sum(res.losses[:5]) / 5, sum(res.losses[-5:]) / 5
+    assert last < 0.5 * first, (first, last)
+
+
+def test_yaml_and_flags_fill_the_same_config(tmp_path) -> None:
+    from dynalora.cli import build_parser, config_from_args
+
+    y = tmp_path / "c.yaml"
+    y.write_text("rank_ignored: 1\n")
+    p = build_parser()
+    from dynalora.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown option"):
+        config_from_args(p.parse_args(["train", "--config", str(y), "--out", "x"]))
+    y.write_text("lr: 0.002\nsteps: 7\nlora:\n  rank: 6\ndynamic:\n  input_adaptive: per-example\n")
+    cfg = config_from_args(p.parse_args(["train", "--config", str(y), "--out", "x", "--steps", "9"]))
+    assert (cfg.lr, cfg.steps, cfg.lora.rank, cfg.dynamic.input_adaptive) == (0.002, 9, 6, "per-example")
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_dirs, csv_data, tmp_path) -> None:
+    full = train(_cfg(tiny_dirs["bert"], csv_data, tmp_path / "full", steps=30, checkpoint_every=10))
+
+    class Crash(Exception):
+        pass
+
+    def crash(step: int) -> None:
+        if step == 17:
+            raise Crash
+
+    cfg = _cfg(tiny_dirs["bert"], csv_data, tmp_path / "cut", steps=30, checkpoint_every=10)
+    with pytest.raises(Crash):
+        train(cfg, hooks=TrainHooks(on_step=crash))
+    assert (tmp_path / "cut" / "checkpoints" / "step-0000010").is_dir()
+    resumed = train(_cfg(tiny_dirs["bert"], csv_data, tmp_path / "cut", steps=30, checkpoint_every=10, resume=True))
+    assert resumed.losses == pytest.approx(full.losses, rel=1e-5, abs=1e-6)
+    a = load_file(str(tmp_path / "full" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5)
+    alloc_full = (tmp_path / "full" / "allocation.jsonl").read_text().splitlines()
+    alloc_cut = (tmp_path / "cut" / "allocation.jsonl").read_text().splitlines()
+    assert [json.loads(l)["ranks"] for l in alloc_full] == [json.loads(l)["ranks"] for l in alloc_cut]
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama", "gpt2"])
+def test_peft_round_trip_gives_the_same_logits(arch, tiny_dirs, csv_data, tmp_path) -> None:
+    from peft import PeftModel
+
+    out = tmp_path / arch
+    train(_cfg(tiny_dirs[arch], csv_data, out))
+    run = load_run(out)
+    cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert len(set(cfg["rank_pattern"].values())) > 1, "expected variable per-layer ranks"
+    base = load_classifier(str(tiny_dirs[arch]), 2, "classification", seed=123)  # head comes from the adapter
+    peft_model = PeftModel.from_pretrained(base, str(out / "adapter")).eval()
+    enc = run.tokenizer(["good movie", "bad bad film and a very long boring plot"], padding=True, return_tensors="pt")
+    if arch != "bert":
+        enc.pop("token_type_ids", None)
+    with torch.no_grad():
+        ours = run.model(**enc).logits
+        theirs = peft_model(**enc).logits
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["layer", "per-example", "off"])
+def test_load_run_restores_the_trained_model_exactly(mode, tiny_dirs, csv_data, tmp_path) -> None:
+    holder = {}
+
+    def keep(model):
+        holder["model"] = model
+        return model
+
+    res = train(_cfg(tiny_dirs["bert"], csv_data, tmp_path / mode, dynamic=DynamicConfig(input_adaptive=mode)),
+                hooks=TrainHooks(wrap_model=keep))
+    trained = holder["model"].eval()
+    run = load_run(tmp_path / mode)
+    assert run.mode == mode
+    enc = run.tokenizer(["good great", "the the the bad awful movie was dull"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(run.model(**enc).logits, trained(**enc).logits, atol=1e-5, rtol=1e-5)
+    assert {n: l.rank for n, l in run.layers.items()} == res.ranks
