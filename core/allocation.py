@@ -68,15 +68,32 @@ def continuous_targets(scores: Sequence[float], total: float, lo: float, hi: flo
     return [fixed[i] for i in range(n)]
 
 
-def allocate_ranks(scores: Sequence[float], total: int, min_rank: int, max_rank: int) -> list[int]:
-    """Integer ranks proportional to `scores`, within bounds, summing exactly to `total`."""
+def allocate_ranks(
+    scores: Sequence[float],
+    total: int,
+    min_rank: int,
+    max_rank: int,
+    current: Sequence[int] | None = None,
+    stickiness: float = 0.25,
+) -> list[int]:
+    """Integer ranks proportional to `scores`, within bounds, summing exactly to `total`.
+
+    With `current` (the ranks in place), rounding prefers the current rank: a layer's remainder
+    gets a bonus of `stickiness` when rounding up restores its current rank. This removes +-1
+    flip-flops between reallocations when a target sits near a half-integer, and costs nothing
+    when the scores really move.
+    """
     n = len(scores)
     check_budget(n, total, min_rank, max_rank)
     t = continuous_targets(scores, float(total), float(min_rank), float(max_rank))
     r = [min(max(math.floor(x + 1e-9), min_rank), max_rank) for x in t]
     left = total - sum(r)
+
+    def bonus(i: int) -> float:
+        return stickiness if current is not None and current[i] == r[i] + 1 else 0.0
+
     # largest remainder first; then higher score; then lower index (deterministic tie-break)
-    key = sorted(range(n), key=lambda i: (-(t[i] - r[i]), -float(scores[i]), i))
+    key = sorted(range(n), key=lambda i: (-(t[i] - r[i] + bonus(i)), -float(scores[i]), i))
     while left > 0:
         progressed = False
         for i in key:

@@ -167,7 +167,8 @@ class RankController:
 
         scores = importance.mix_scores(densities, self.complexity, self.input_weight)
         if self.cfg.reallocate:
-            targets = allocate_ranks(scores, self.budget, self.min_rank, self.max_rank)
+            current = [l.rank for l in self.layers]
+            targets = allocate_ranks(scores, self.budget, self.min_rank, self.max_rank, current=current)
             for i, (layer, target) in enumerate(zip(self.layers, targets, strict=True)):
                 self._apply(i, layer, target, step, optimizer, densities[i])
         for i, layer in enumerate(self.layers):

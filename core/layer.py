@@ -167,7 +167,9 @@ class DynamicLoRALayer(nn.Module):
             h = h * g
         elif not self.static:
             h = h * self.gate
-        return y + F.linear(h, self.lora_B) * self.scaling
+        # y + s * h B^T as one fused addmm on 2-D views (no separate scale and add kernels)
+        out = torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), self.lora_B.t(), alpha=self.scaling)
+        return out.view(y.shape)
 
     def delta_weight(self) -> torch.Tensor:
         """scaling * B diag(g) A, in the base weight's layout ((out, in), or (in, out) for Conv1D)."""

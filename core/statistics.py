@@ -92,18 +92,19 @@ class StatsBuffer:
         if not self.collect_inputs:
             return
         in_f = x.shape[-1]
-        if x.dim() == 3 and attention_mask is not None and attention_mask.shape == x.shape[:2]:
-            rows = x[attention_mask.bool()]  # (N, in): real tokens only
-        else:
-            rows = x.reshape(-1, in_f)
+        rows = x.reshape(-1, in_f)  # (N, in)
         n = rows.shape[0]
         if n == 0:
             return
-        if n > self.stat_tokens:  # deterministic strided subsample
-            idx = torch.linspace(0, n - 1, self.stat_tokens, device=rows.device).long()
-            rows = rows[idx]
-        z = rows.float() @ self.sketches[in_f]  # (n, k)
-        slots.tokens.add_(rows.shape[0])
+        # deterministic strided subsample first, then mask: no copy of the whole activation
+        idx = torch.linspace(0, n - 1, min(n, self.stat_tokens), device=rows.device).long()
+        z = rows[idx].float() @ self.sketches[in_f]  # (n', k)
+        if x.dim() == 3 and attention_mask is not None and attention_mask.shape == x.shape[:2]:
+            m = attention_mask.reshape(-1)[idx].to(z.dtype)  # padding tokens contribute nothing
+            z = z * m.unsqueeze(1)
+            slots.tokens.add_(m.sum().double())
+        else:
+            slots.tokens.add_(z.shape[0])
         slots.z_sum.add_(z.sum(0).double())
         slots.z_sq.add_((z.T @ z).double())
 

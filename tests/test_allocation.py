@@ -79,3 +79,11 @@ def test_mix_scores_is_convex_combination_of_shares() -> None:
     assert mix_scores([1, 3], [1, 1], 1.0) == pytest.approx([0.5, 0.5])
     assert mix_scores([1, 3], [3, 1], 0.5) == pytest.approx([0.5, 0.5])
     assert sum(mix_scores([0.2, float("nan"), 5], [1, 2, 3], 0.3)) == pytest.approx(1.0)
+
+
+def test_current_ranks_break_near_ties() -> None:
+    # targets 2.5 / 2.5: without history the lower index wins; with history the current holder keeps it
+    assert allocate_ranks([1, 1], 5, 0, 5) == [3, 2]
+    assert allocate_ranks([1, 1], 5, 0, 5, current=[2, 3]) == [2, 3]
+    # a real move is not blocked: a clear score change still moves rank
+    assert allocate_ranks([1, 3], 8, 0, 8, current=[4, 4]) == [2, 6]
