@@ -140,3 +140,33 @@ def test_load_run_restores_the_trained_model_exactly(mode, tiny_dirs, csv_data, 
     with torch.no_grad():
         torch.testing.assert_close(run.model(**enc).logits, trained(**enc).logits, atol=1e-5, rtol=1e-5)
     assert {n: l.rank for n, l in run.layers.items()} == res.ranks
+
+
+def test_gradient_accumulation_matches_one_big_batch(tiny_dirs, csv_data, tmp_path) -> None:
+    """Same global batch: 1 x 8 and 2 x 4 micro-batches give the same losses and allocations
+    (base-model dropout off: dropout masks depend on the micro-batch shapes)."""
+    import shutil
+
+    model = tmp_path / "nodrop"
+    shutil.copytree(tiny_dirs["bert"], model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (model / "config.json").write_text(json.dumps(cfg))
+    one = train(_cfg(model, csv_data, tmp_path / "one", steps=20))
+    two = train(_cfg(model, csv_data, tmp_path / "two", steps=20, grad_accum=2))
+    assert two.losses == pytest.approx(one.losses, rel=1e-4, abs=1e-5)
+    assert one.ranks == two.ranks
+
+
+def test_regression_task_trains_and_reports_correlations(tiny_dirs, tmp_path) -> None:
+    from conftest import make_rows
+
+    rows = make_rows(120, seed=1)
+    path = tmp_path / "reg.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "label": float(l) * 4.0 + 0.5}) + "\n" for t, l in rows))
+    res = train(_cfg(tiny_dirs["bert"], path, tmp_path / "reg", steps=12))
+    assert set(res.metrics) >= {"pearson", "spearman"}
+    info = json.loads((tmp_path / "reg" / "run.json").read_text())
+    assert info["task"]["problem"] == "regression"
+    run = load_run(tmp_path / "reg")
+    assert run.model.config.num_labels == 1
