@@ -68,7 +68,9 @@ class DynamicConfig:
     interval_frac: float = field(default=0.05, metadata={"help": "reallocate every this fraction of steps"})
     ema: float = field(default=0.7, metadata={"help": "smoothing of scores across reallocations"})
     sketch_dim: int = field(default=64, metadata={"help": "random sketch size for input covariance"})
-    stat_tokens: int = field(default=256, metadata={"help": "tokens sampled per layer per step for input stats"})
+    stat_stride: int = field(
+        default=4, metadata={"help": "input stats use every N-th token of each example (a function of the example only)"}
+    )
     example_gamma: float = field(default=1.0, metadata={"help": "per-example rank = rank * (v / v_ref)^gamma"})
     example_min_frac: float = field(default=0.25, metadata={"help": "per-example rank floor, fraction of rank"})
 
@@ -95,8 +97,8 @@ class DynamicConfig:
             raise ConfigError(f"interval_frac must be in (0, 1], got {self.interval_frac}")
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
-        if self.sketch_dim < 2 or self.stat_tokens < 2:
-            raise ConfigError("sketch_dim and stat_tokens must be >= 2")
+        if self.sketch_dim < 2 or self.stat_stride < 1:
+            raise ConfigError("sketch_dim must be >= 2 and stat_stride >= 1")
         if self.example_gamma < 0 or not 0.0 < self.example_min_frac <= 1.0:
             raise ConfigError("example_gamma must be >= 0 and example_min_frac in (0, 1]")
 

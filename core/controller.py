@@ -96,7 +96,7 @@ class RankController:
             self.stats = StatsBuffer(
                 [(l.capacity, l.in_features) for l in self.layers],
                 sketch_dim=dynamic.sketch_dim,
-                stat_tokens=dynamic.stat_tokens,
+                stat_stride=dynamic.stat_stride,
                 collect_inputs=dynamic.reallocate and self.input_weight > 0,
                 per_example=self.per_example,
                 seed=seed,

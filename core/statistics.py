@@ -4,7 +4,7 @@ Per adapted layer l (capacity R_l, sketch size k_l = min(in_l, sketch_dim)) the 
 
     sens   (R_l,)      sum over optimizer steps of per-component saliency |theta * grad|
     steps  (1,)        number of optimizer steps summed into `sens`
-    tokens (1,)        input tokens observed
+    tokens (1,)        input tokens observed (every stat_stride-th token of each example)
     z_sum  (k_l,)      sum of sketched inputs z = x P
     z_sq   (k_l*k_l,)  sum of z z^T
     v_sum  (1,)        sum of per-example token variances v_b (per-example mode)
@@ -45,14 +45,14 @@ class StatsBuffer:
         shapes: list[tuple[int, int]],
         *,
         sketch_dim: int = 64,
-        stat_tokens: int = 256,
+        stat_stride: int = 4,
         collect_inputs: bool = True,
         per_example: bool = False,
         seed: int = 0,
         device: torch.device | str = "cpu",
     ) -> None:
         """`shapes[l] = (capacity, in_features)` for layer l, in the controller's layer order."""
-        self.stat_tokens = stat_tokens
+        self.stat_stride = stat_stride
         self.collect_inputs = collect_inputs
         self.per_example = per_example
         sizes: list[list[int]] = []
@@ -91,18 +91,22 @@ class StatsBuffer:
             slots.v_n.add_(v.numel())
         if not self.collect_inputs:
             return
-        in_f = x.shape[-1]
-        rows = x.reshape(-1, in_f)  # (N, in)
-        n = rows.shape[0]
-        if n == 0:
+        # every `stat_stride`-th token of each example: the sample depends on the example alone, not on
+        # the micro-batch it landed in or its padding, so 1 worker and N workers see the same tokens
+        mask = attention_mask if (x.dim() == 3 and attention_mask is not None and attention_mask.shape == x.shape[:2]) else None
+        if x.dim() == 3:
+            rows = x[:, :: self.stat_stride, :]  # (B, T', in)
+            m = mask[:, :: self.stat_stride] if mask is not None else None
+        else:
+            rows, m = x.reshape(-1, x.shape[-1])[:: self.stat_stride], None
+        rows = rows.reshape(-1, rows.shape[-1])
+        if rows.shape[0] == 0:
             return
-        # deterministic strided subsample first, then mask: no copy of the whole activation
-        idx = torch.linspace(0, n - 1, min(n, self.stat_tokens), device=rows.device).long()
-        z = rows[idx].float() @ self.sketches[in_f]  # (n', k)
-        if x.dim() == 3 and attention_mask is not None and attention_mask.shape == x.shape[:2]:
-            m = attention_mask.reshape(-1)[idx].to(z.dtype)  # padding tokens contribute nothing
-            z = z * m.unsqueeze(1)
-            slots.tokens.add_(m.sum().double())
+        z = rows.float() @ self.sketches[rows.shape[-1]]  # (n, k)
+        if m is not None:
+            mf = m.reshape(-1).to(z.dtype)
+            z = z * mf.unsqueeze(1)  # padding tokens contribute nothing
+            slots.tokens.add_(mf.sum().double())
         else:
             slots.tokens.add_(z.shape[0])
         slots.z_sum.add_(z.sum(0).double())

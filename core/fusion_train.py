@@ -1,0 +1,344 @@
+"""Fusion folders: train the router over K task adapters, save, load (`load_fusion`) and evaluate.
+
+    dynalora fuse train --runs runs/rt runs/bbc runs/intent runs/nli --out fuse/ [--top-p 0.6] [--multitask-steps 600]
+    dynalora fuse eval fuse/ [--max-eval 500]
+
+    FUSE/
+      fusion.json                 tasks, label names, top-p, router settings, data sources, held-out router accuracy
+      router.safetensors          the router MLP (LayerNorm, fc1, fc2)
+      adapters/<task>/            copy of each run: adapter/ (PEFT + dynalora.json), run.json, config.yaml
+      tokenizer/                  the base tokenizer
+      multitask/                  optional: one adapter trained on all tasks (a normal run folder), the baseline
+
+The router is trained on task-labelled examples drawn from each adapter's own training split (seeded,
+balanced: the same number per task) and evaluated on each task's held-out evaluation split.
+Everything is checked before anything is written; the folder appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dynalora import __version__
+from dynalora.core.atomic import atomic_dir, write_json
+from dynalora.core.data import Example, TaskData
+from dynalora.core.errors import CheckpointError, ConfigError, DynaloraError
+from dynalora.core.fusion import AdapterSpec, FusedModel, FusionError, _read_json, build_fused_model, check_compatible, read_adapter
+from dynalora.core.router import DEFAULT_P, Router, RouterConfig, check_p, dlp_lora_weights, sentence_features, train_router
+
+FORMAT = "dynalora-fusion"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class FuseConfig:
+    runs: list[str] = field(default_factory=list, metadata={"help": "run folders of the task adapters (one base model)"})
+    out: str = field(default="", metadata={"help": "fusion folder to create"})
+    top_p: float = field(default=DEFAULT_P, metadata={"help": "top-p mass of the kept adapters, in (0, 1]"})
+    router_from: str | None = field(default=None, metadata={"help": "reuse the router of this fusion folder"})
+    max_length: int | None = field(default=None, metadata={"help": "tokens per input (default: the runs' largest)"})
+    multitask_steps: int = field(default=0, metadata={"help": "also train one adapter on all tasks (0: skip)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing --out folder"})
+    router: RouterConfig = field(default_factory=RouterConfig)
+
+    def validate(self) -> None:
+        check_p(self.top_p)
+        self.router.validate()
+        if not self.out:
+            raise ConfigError("--out is required: the fusion folder to create")
+        if self.max_length is not None and self.max_length < 2:
+            raise ConfigError(f"--max-length must be >= 2, got {self.max_length}")
+        if self.multitask_steps < 0:
+            raise ConfigError(f"--multitask-steps must be >= 0, got {self.multitask_steps}")
+
+
+@dataclass
+class LoadedFusion:
+    path: Path
+    config: dict[str, Any]  # fusion.json
+    model: FusedModel
+    tokenizer: Any
+    specs: list[AdapterSpec]
+
+    @property
+    def max_length(self) -> int:
+        return int(self.config["max_length"])
+
+
+def folder_name(task: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", task) or "task"
+
+
+def task_data(spec: AdapterSpec) -> TaskData:
+    """The run's own data (same seeded split it was trained and evaluated on)."""
+    from dynalora.core.config import TrainConfig
+    from dynalora.core.train import load_data
+
+    cfg = TrainConfig.from_yaml(spec.path / "config.yaml")
+    try:
+        return load_data(cfg)
+    except DynaloraError as exc:
+        raise FusionError(f"cannot load the data of task {spec.name} ({spec.path}): {exc}") from None
+
+
+def _tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"tokenizer in {path} cannot be loaded: {str(exc).splitlines()[0]}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    tok.padding_side = "right"
+    return tok
+
+
+def encode_texts(tokenizer: Any, examples: list[Example], max_length: int) -> dict[str, torch.Tensor]:
+    texts = [e.text for e in examples]
+    pairs = [e.text_pair for e in examples] if examples[0].text_pair is not None else None
+    return dict(tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=True, return_tensors="pt"))
+
+
+@torch.no_grad()
+def features(fused: FusedModel, tokenizer: Any, examples: list[Example], max_length: int, batch: int = 128) -> torch.Tensor:
+    out = []
+    for i in range(0, len(examples), batch):
+        enc = encode_texts(tokenizer, examples[i : i + batch], max_length)
+        out.append(sentence_features(fused.model, enc["input_ids"], enc.get("attention_mask")))
+    return torch.cat(out)
+
+
+def balanced(per_task: list[list[Example]], n: int, seed: int) -> list[list[Example]]:
+    rng = random.Random(seed)
+    return [rng.sample(ex, n) if len(ex) > n else list(ex) for ex in per_task]
+
+
+def _router_from(folder: str, names: list[str], in_features: int) -> tuple[Router, dict[str, Any]]:
+    """A trained router restricted / re-ordered to `names`; refuses a task it was not trained with."""
+    path = Path(folder)
+    cfg = _read_json(path / "fusion.json")
+    trained = [t["name"] for t in cfg["tasks"]]
+    unknown = [n for n in names if n not in trained]
+    if unknown:
+        raise FusionError(f"the router in {path} was trained for tasks {trained}, not {unknown[0]!r}: it cannot route "
+                          "to an adapter it was not trained with; train a new router (drop --router-from)")
+    router = load_router(path, len(trained), in_features, int(cfg["router"]["hidden"]))
+    rows = torch.tensor([trained.index(n) for n in names])
+    new = Router(in_features, len(names), router.fc1.out_features, 0.0)
+    new.load_state_dict({k: v for k, v in router.state_dict().items() if not k.startswith("fc2.")}, strict=False)
+    with torch.no_grad():
+        new.fc2.weight.copy_(router.fc2.weight[rows])
+        new.fc2.bias.copy_(router.fc2.bias[rows])
+    return new.eval(), cfg
+
+
+def load_router(path: Path, num_tasks: int, in_features: int, hidden: int) -> Router:
+    try:
+        state = load_file(str(path / "router.safetensors"))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path / 'router.safetensors'} is missing or corrupt ({str(exc)[:80]})") from None
+    if state.get("fc2.weight") is None or state["fc2.weight"].shape != (num_tasks, hidden):
+        got = tuple(state["fc2.weight"].shape) if "fc2.weight" in state else None
+        raise CheckpointError(f"the router in {path} has outputs {got}, but the fusion lists {num_tasks} tasks: "
+                              "a router routes only to the adapters it was trained with; re-run `dynalora fuse train`")
+    router = Router(in_features, num_tasks, hidden, 0.0)
+    router.load_state_dict(state)
+    return router.eval()
+
+
+@torch.no_grad()
+def router_accuracy(router: Router, feats: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((router(feats).argmax(-1) == labels).float().mean())
+
+
+def train_fusion(cfg: FuseConfig) -> Path:
+    """Validate, train the router (and optionally the multi-task baseline), write the fusion folder."""
+    cfg.validate()
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        raise FusionError(f"output folder {out} exists; pass --overwrite to replace it")
+    specs = [read_adapter(r) for r in cfg.runs]
+    check_compatible(specs)
+    datas = [task_data(s) for s in specs]
+    for s, d in zip(specs, datas, strict=True):
+        if not d.train or not d.eval:
+            raise FusionError(f"task {s.name} ({s.path}) has an empty {'training' if not d.train else 'evaluation'} "
+                              "split: the router needs examples of every task")
+    names = [s.name for s in specs]
+    max_length = cfg.max_length or max(int(_read_yaml_max_length(s.path)) for s in specs)
+    fused = build_fused_model(specs, None, cfg.top_p, seed=cfg.router.seed)
+    tokenizer = _tokenizer(specs[0].path / "tokenizer")
+    hidden_size = fused.model.get_input_embeddings().embedding_dim
+
+    n_eval = min(len(d.eval) for d in datas)
+    eval_sets = balanced([d.eval for d in datas], n_eval, cfg.router.seed + 1)
+    eval_feats = torch.cat([features(fused, tokenizer, ex, max_length) for ex in eval_sets])
+    eval_labels = torch.cat([torch.full((len(ex),), k) for k, ex in enumerate(eval_sets)])
+    n_train = min(cfg.router.per_task, *(len(d.train) for d in datas))
+    record: dict[str, Any]
+    if cfg.router_from:
+        router, _ = _router_from(cfg.router_from, names, hidden_size)
+        record = {"reused_from": str(Path(cfg.router_from).resolve()), "train_per_task": None, "losses": []}
+    else:
+        train_sets = balanced([d.train for d in datas], n_train, cfg.router.seed)
+        feats = torch.cat([features(fused, tokenizer, ex, max_length) for ex in train_sets])
+        labels = torch.cat([torch.full((len(ex),), k) for k, ex in enumerate(train_sets)])
+        router, losses = train_router(feats, labels, len(specs), cfg.router)
+        record = {"train_per_task": n_train, "train_accuracy": router_accuracy(router, feats, labels), "losses": losses}
+    record |= {"eval_per_task": n_eval, "eval_accuracy": router_accuracy(router, eval_feats, eval_labels),
+               "features": "mean of input token embeddings (frozen base)", **asdict(cfg.router),
+               "parameters": sum(p.numel() for p in router.parameters())}
+    record["hidden"] = router.fc1.out_features
+    info = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "dynalora_version": __version__,
+        "base_model": specs[0].info["base_model"], "model_type": specs[0].info.get("model_type", ""),
+        "top_p": cfg.top_p, "max_length": max_length, "target_modules": sorted(specs[0].ranks),
+        "tasks": [{"name": s.name, "folder": f"adapters/{folder_name(s.name)}", "source": str(s.path.resolve()),
+                   "label_names": s.label_names, "ranks": s.ranks, "data": d.source,
+                   "run_metrics": s.info.get("metrics", {})} for s, d in zip(specs, datas, strict=True)],
+        "router": record,
+    }
+    with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
+        save_file({k: v.contiguous() for k, v in router.state_dict().items()}, str(tmp / "router.safetensors"))
+        for s in specs:
+            dst = tmp / "adapters" / folder_name(s.name)
+            shutil.copytree(s.path / "adapter", dst / "adapter")
+            for f in ("run.json", "config.yaml"):
+                shutil.copyfile(s.path / f, dst / f)
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        if cfg.multitask_steps:
+            info["multitask"] = train_multitask(specs, datas, tmp, cfg.multitask_steps, max_length)
+        write_json(tmp / "fusion.json", info)
+    return out
+
+
+def _read_yaml_max_length(path: Path) -> int:
+    from dynalora.core.config import TrainConfig
+
+    return TrainConfig.from_yaml(path / "config.yaml").max_length
+
+
+def train_multitask(specs: list[AdapterSpec], datas: list[TaskData], folder: Path, steps: int, max_length: int) -> dict:
+    """One adapter + one joint head ("task|label" classes) trained on every task's training split."""
+    from dynalora.core.config import TrainConfig
+    from dynalora.core.train import train
+
+    base = TrainConfig.from_yaml(specs[0].path / "config.yaml")
+    with tempfile.TemporaryDirectory(prefix="dynalora-multitask-") as tmpdir:
+        files = {}
+        for split in ("train", "eval"):
+            files[split] = Path(tmpdir) / f"{split}.csv"
+            with open(files[split], "w", newline="", encoding="utf-8") as fh:
+                w = csv.writer(fh)
+                w.writerow(["text", "label"])
+                for s, d in zip(specs, datas, strict=True):
+                    for e in getattr(d, split):
+                        w.writerow([e.text, f"{s.name}|{s.label_names[int(e.label)]}"])
+        cfg = TrainConfig.from_dict({**base.to_dict(), "task": None, "train_file": str(files["train"]),
+                                     "eval_file": str(files["eval"]), "eval_size": None, "max_train": None,
+                                     "max_eval": None, "steps": steps, "out": str(folder / "multitask"),
+                                     "max_length": max_length, "overwrite": False, "resume": False,
+                                     "progress": False, "backend": "local", "workers": 1})
+        result = train(cfg)
+    return {"folder": "multitask", "steps": steps, "metrics": result.metrics,
+            "recipe": f"LoRA/dynamic settings of {specs[0].path.name}, all tasks' training splits, joint head"}
+
+
+def load_fusion(path: str | Path) -> LoadedFusion:
+    """Load a fusion folder: `.model` (FusedModel, eval mode) and `.tokenizer`."""
+    path = Path(path)
+    if not (path / "fusion.json").is_file():
+        raise FusionError(f"{path} is not a dynalora fusion folder (no fusion.json); create one with `dynalora fuse train`")
+    cfg = _read_json(path / "fusion.json")
+    if cfg.get("format") != FORMAT or cfg.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path / 'fusion.json'} is not a version-{FORMAT_VERSION} {FORMAT} file; re-run fuse train")
+    specs = [read_adapter(path / t["folder"]) for t in cfg["tasks"]]
+    for t, s in zip(cfg["tasks"], specs, strict=True):
+        if s.name != t["name"]:
+            raise CheckpointError(f"{path / t['folder']} holds task {s.name!r}, fusion.json says {t['name']!r}")
+    fused = build_fused_model(specs, None, float(cfg["top_p"]))
+    hidden_size = fused.model.get_input_embeddings().embedding_dim
+    fused.router = load_router(path, len(specs), hidden_size, int(cfg["router"]["hidden"]))
+    return LoadedFusion(path=path, config=cfg, model=fused, tokenizer=_tokenizer(path / "tokenizer"), specs=specs)
+
+
+# ---- evaluation ---------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_fusion(fusion: LoadedFusion, max_eval: int | None = 500, batch: int = 64, extra_p: tuple[float, ...] = (),
+                    dlp_softmax: bool = False) -> dict[str, Any]:
+    """Per task (its held-out split): router accuracy; accuracy of fused / oracle / base / multi-task.
+
+    fused: the router's top-p weights, read on the task's own head; fused_top1: the routed answer (wrong
+    whenever the top-1 task is wrong); oracle: one-hot weight on the task = its adapter alone; base: no
+    adapter, the task's head; multitask: the joint adapter, argmax over the task's own classes.
+    """
+    model, tok, ml = fusion.model, fusion.tokenizer, fusion.max_length
+    multitask = _load_multitask(fusion)
+    specs = fusion.specs
+    results: dict[str, Any] = {}
+    for k, s in enumerate(specs):
+        examples = task_data(s).eval[:max_eval]
+        counts: dict[str, float] = {}
+        for i in range(0, len(examples), batch):
+            chunk = examples[i : i + batch]
+            enc = encode_texts(tok, chunk, ml)
+            y = torch.tensor([int(e.label) for e in chunk])
+            lo, _ = model.label_slices[k]
+            routed = model(**enc)
+            variants = {"fused": routed}
+            onehot = torch.zeros(len(chunk), len(specs))
+            onehot[:, k] = 1.0
+            variants["oracle"] = model(**enc, fusion_weights=onehot)
+            variants["base"] = model(**enc, fusion_weights=torch.zeros_like(onehot))
+            for p in extra_p:
+                variants[f"fused_p{p:g}"] = model(**enc, fusion_weights=_top_p(routed.router_probs, p))
+            if dlp_softmax:
+                variants["fused_dlp_softmax"] = model(**enc, fusion_weights=dlp_lora_weights(routed.router_probs, model.top_p))
+            _add(counts, "router", routed.router_probs.argmax(-1) == k)
+            _add(counts, "fused_top1", routed.logits.argmax(-1) == y + lo)
+            for name, out in variants.items():
+                _add(counts, name, model.task_logits(out, k).argmax(-1) == y)
+            _add(counts, "mean_kept_adapters", (routed.fusion_weights > 0).float().sum(-1))
+            if multitask is not None:
+                _add(counts, "multitask", _multitask_pred(multitask, enc, s) == y)
+        n = len(examples)
+        results[s.name] = {"n": n, **{name: v / n for name, v in counts.items()}, "data": "held-out evaluation split"}
+    keys = [k for k in next(iter(results.values())) if k not in ("n", "data")]
+    results["mean"] = {key: sum(r[key] for r in results.values()) / len(specs) for key in keys}
+    return results
+
+
+def _top_p(probs: torch.Tensor, p: float) -> torch.Tensor:
+    from dynalora.core.router import top_p_weights
+
+    return top_p_weights(probs, p)
+
+
+def _add(counts: dict[str, float], key: str, values: torch.Tensor) -> None:
+    counts[key] = counts.get(key, 0.0) + float(values.float().sum())
+
+
+def _load_multitask(fusion: LoadedFusion) -> Any:
+    if not (fusion.path / "multitask" / "run.json").is_file():
+        return None
+    from dynalora.core.run_io import load_run
+
+    return load_run(fusion.path / "multitask")
+
+
+def _multitask_pred(run: Any, enc: dict[str, torch.Tensor], spec: AdapterSpec) -> torch.Tensor:
+    names = run.label_names
+    cols = [names.index(f"{spec.name}|{label}") for label in spec.label_names]
+    logits = run.model(**enc).logits[:, cols]
+    return logits.argmax(-1)

@@ -1,0 +1,306 @@
+"""Distributed training: torchrun and Ray Train run the same loop as one process.
+
+Run: .venv/bin/python -m pytest tests/test_distributed.py -q        (or: pytest -m distributed)
+
+Every test uses a tiny BERT (hidden 32, dropout 0 so runs are comparable) saved to a temp folder,
+a synthetic CSV, 40 steps of batch 8 and one thread per worker. Subprocesses have timeouts, and
+the Ray cluster started here is always stopped (`dynalora cluster down`) in a `finally`.
+
+Tolerances. Allocation decisions must be identical: the statistics are summed in float64 and
+every worker sees the same sums. Adapter tensors agree to ATOL = 1e-5: two workers sum their
+float32 gradients in a different order than one process does over the whole batch (observed
+max |diff| ~2e-8 after 40 steps; Adam's normalisation can amplify such differences early on).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dynalora.core.config import TrainConfig
+from dynalora.core.run_io import list_checkpoints
+from dynalora.core.train import train
+from dynalora.distributed.faults import fault_hook
+from dynalora.distributed.recovery import trim_logs
+from tiny_models import save_tiny_model
+
+pytestmark = pytest.mark.distributed
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ATOL = 1e-5
+TIMEOUT = 300
+STEPS, BATCH, CKPT = 40, 8, 10
+
+
+# ---- fixtures ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("dist")
+    model = save_tiny_model("bert", root / "bert")
+    cfg_file = model / "config.json"
+    config = json.loads(cfg_file.read_text())
+    config["hidden_dropout_prob"] = config["attention_probs_dropout_prob"] = 0.0  # comparable runs
+    cfg_file.write_text(json.dumps(config))
+    rng = random.Random(0)
+    pos = "good great best fine nice happy funny bright love enjoy".split()
+    neg = "bad worst worse poor sad boring dull dark hate wrong".split()
+    nouns = "film movie story plot actor music book game team scene".split()
+    data = root / "train.csv"
+    with data.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        for i in range(320):
+            label = rng.randint(0, 1)
+            words = [rng.choice(nouns), "was", rng.choice(pos if label else neg)]
+            words += rng.sample(nouns + "the a and of to very".split(), rng.randint(2, 8))
+            rng.shuffle(words)
+            writer.writerow([" ".join(words) + f" {i}", label])
+    return {"root": root, "model": model, "data": data}
+
+
+def train_args(assets: dict[str, Path], out: Path) -> list[str]:
+    return [
+        "--model", str(assets["model"]), "--train-file", str(assets["data"]), "--eval-size", "32",
+        "--steps", str(STEPS), "--batch-size", str(BATCH), "--checkpoint-every", str(CKPT),
+        "--threads", "1", "--no-progress", "--out", str(out),
+    ]
+
+
+@pytest.fixture(scope="module")
+def baseline(assets: dict[str, Path]) -> Path:
+    """The single-process run every distributed run is compared with."""
+    out = assets["root"] / "single"
+    cfg = TrainConfig(
+        model=str(assets["model"]), task=None, train_file=str(assets["data"]), eval_size=32, steps=STEPS,
+        batch_size=BATCH, checkpoint_every=CKPT, progress=False, out=str(out),
+    )
+    train(cfg)
+    return out
+
+
+def env(**extra: str) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("DYNALORA_FAULT", "RAY_ADDRESS", "TORCHELASTIC"))}
+    e.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", **extra)
+    return e
+
+
+def run(cmd: list[str], *, timeout: int = TIMEOUT, **kw: object) -> subprocess.CompletedProcess[str]:
+    """subprocess.run in its own process group, killed as a group on timeout."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)  # type: ignore[call-overload]
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"timed out after {timeout} s: {' '.join(cmd)}\n{out[-3000:]}\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def allocations(run_dir: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (run_dir / "allocation.jsonl").read_text().splitlines()]
+
+
+def assert_same_run(ref: Path, got: Path, world: int) -> None:
+    a, b = allocations(ref), allocations(got)
+    assert [x["step"] for x in a] == [x["step"] for x in b]
+    for x, y in zip(a, b, strict=True):
+        assert x["ranks"] == y["ranks"], f"allocation differs at step {x['step']}"
+        assert len(y["worker_digests"]) == world and len(set(y["worker_digests"])) == 1
+    ta = load_file(str(ref / "adapter" / "adapter_model.safetensors"))
+    tb = load_file(str(got / "adapter" / "adapter_model.safetensors"))
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        torch.testing.assert_close(tb[key], ta[key], atol=ATOL, rtol=0, msg=lambda m, k=key: f"{k}: {m}")
+    steps = [json.loads(line)["step"] for line in (got / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and len(steps) == len(set(steps)) + 1  # the final eval line repeats the last step
+    assert json.loads((got / "run.json").read_text())["world_size"] == world
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ---- torchrun -------------------------------------------------------------------------------------
+def torchrun(assets: dict[str, Path], out: Path, *extra: str, restarts: int = 0, **env_extra: str) -> subprocess.CompletedProcess[str]:
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", f"--max-restarts={restarts}",
+           "-m", "dynalora", "train", *train_args(assets, out), *extra]
+    return run(cmd, cwd=REPO, env=env(**env_extra))
+
+
+def test_torchrun_matches_single_process(assets: dict[str, Path], baseline: Path) -> None:
+    out = assets["root"] / "torchrun"
+    proc = torchrun(assets, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_run(baseline, out, world=2)
+    info = json.loads((out / "distributed.json").read_text())
+    assert info["backend"] == "torchrun" and info["allreduce_calls"] == len(allocations(out)) - 1
+
+
+def test_torchrun_recovers_from_worker_crash(assets: dict[str, Path], baseline: Path) -> None:
+    out, marker = assets["root"] / "torchrun-fault", assets["root"] / "torchrun-fault.fired"
+    proc = torchrun(assets, out, restarts=1, DYNALORA_FAULT_STEP="25", DYNALORA_FAULT_MARKER=str(marker))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert marker.is_file() and "rank 1 exits after step 25" in proc.stderr
+    assert_same_run(baseline, out, world=2)
+
+
+def test_torchrun_first_attempt_refuses_existing_out(assets: dict[str, Path]) -> None:
+    out = assets["root"] / "occupied"
+    out.mkdir()
+    (out / "config.yaml").write_text("someone else's run\n")
+    proc = torchrun(assets, out)
+    assert proc.returncode != 0
+    assert "dynalora: error: output folder" in proc.stderr and "--overwrite" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]
+
+
+# ---- checkpoint atomicity (single process: the same code writes every launcher's checkpoints) ---
+def test_crash_during_checkpoint_write_keeps_previous(assets: dict[str, Path], baseline: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dynalora.core.run_io as run_io
+
+    out = assets["root"] / "ckpt-crash"
+    real_save = run_io.save_file
+    calls = {"n": 0}
+
+    def crashing_save(tensors: dict[str, torch.Tensor], path: str, *a: object, **k: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the step-20 checkpoint: half a file, then the "crash"
+            Path(path).write_bytes(b"\x00" * 100)
+            raise OSError("simulated crash while writing the checkpoint")
+        real_save(tensors, path, *a, **k)
+
+    monkeypatch.setattr(run_io, "save_file", crashing_save)
+    cfg = TrainConfig(model=str(assets["model"]), task=None, train_file=str(assets["data"]), eval_size=32, steps=STEPS,
+                      batch_size=BATCH, checkpoint_every=CKPT, progress=False, out=str(out))
+    with pytest.raises(OSError, match="simulated crash"):
+        train(cfg)
+    assert [p.name for p in list_checkpoints(out)] == ["step-0000010"]
+    # what a killed process leaves behind: a half-written temporary folder, ignored on resume
+    junk = out / "checkpoints" / ".step-0000020.abc.tmp"
+    junk.mkdir()
+    (junk / "state.safetensors").write_bytes(b"\x00" * 100)
+    monkeypatch.setattr(run_io, "save_file", real_save)
+    trim_logs(out, 10)
+    train(TrainConfig(out=str(out), resume=True, progress=False))
+    assert_same_run(baseline, out, world=1)
+
+
+def test_fault_hook_fires_once_on_its_rank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DYNALORA_FAULT_STEP", raising=False)
+    assert fault_hook(1) is None
+    monkeypatch.setenv("DYNALORA_FAULT_STEP", "3")
+    monkeypatch.setenv("DYNALORA_FAULT_MARKER", str(tmp_path / "fired"))
+    assert fault_hook(0) is None  # default rank 1
+    (tmp_path / "fired").write_text("already fired\n")
+    hook = fault_hook(1)
+    assert hook is not None
+    hook(3)  # the marker exists: no crash
+
+
+def test_trim_logs_drops_lines_after_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in (10, 20, 30)))
+    (tmp_path / "allocation.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in (0, 18, 22)))
+    trim_logs(tmp_path, 20)
+    assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [10, 20]
+    assert [json.loads(x)["step"] for x in (tmp_path / "allocation.jsonl").read_text().splitlines()] == [0, 18]
+
+
+# ---- bad input (no cluster needed; in-process CLI, so no interpreter start-up per case) -----------
+def cli_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    from dynalora.cli import main
+
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("dynalora: error: "), err
+    return lines[0]
+
+
+@pytest.fixture
+def ray_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """run_ray sets these for Ray; keep them out of the rest of the session."""
+    for key in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(key, raising=False)
+    return monkeypatch
+
+
+def test_ray_address_without_cluster(assets: dict[str, Path], capsys: pytest.CaptureFixture[str], ray_env: pytest.MonkeyPatch) -> None:
+    out = assets["root"] / "nocluster"
+    line = cli_error(capsys, "train", *train_args(assets, out), "--backend", "ray", "--workers", "2", "--ray-address", "127.0.0.1:1")
+    assert "no Ray cluster reachable at 127.0.0.1:1 (--ray-address)" in line
+    ray_env.setenv("RAY_ADDRESS", "http://127.0.0.1:1")
+    line = cli_error(capsys, "train", *train_args(assets, out), "--backend", "ray", "--workers", "2")
+    assert "no Ray cluster reachable at http://127.0.0.1:1 (RAY_ADDRESS)" in line
+    assert not out.exists()
+
+
+def test_unwritable_out_and_unknown_backend(assets: dict[str, Path], capsys: pytest.CaptureFixture[str], ray_env: pytest.MonkeyPatch) -> None:
+    blocker = assets["root"] / "a-file"
+    blocker.write_text("not a folder\n")
+    line = cli_error(capsys, "train", *train_args(assets, blocker / "run"), "--backend", "ray", "--workers", "2")
+    assert "--out" in line and "not writable" in line
+    line = cli_error(capsys, "train", *train_args(assets, assets["root"] / "x"), "--backend", "slurm")
+    assert "unknown backend 'slurm'" in line
+    line = cli_error(capsys, "train", *train_args(assets, assets["root"] / "x"), "--backend", "torchrun")
+    assert "start the workers with torchrun" in line
+    assert not (assets["root"] / "x").exists()
+
+
+def dynalora(*args: str, timeout: int = 120, **env_extra: str) -> subprocess.CompletedProcess[str]:
+    return run([sys.executable, "-m", "dynalora", *args], timeout=timeout, cwd=REPO, env=env(**env_extra))
+
+
+# ---- Ray: cluster up, job submission, recovery, resources; one cluster for all -------------------
+def test_ray_cluster_job_submit_and_recovery(assets: dict[str, Path], baseline: Path) -> None:
+    port, dash = free_port(), free_port()
+    url = f"http://127.0.0.1:{dash}"
+    up = dynalora("cluster", "up", "--num-cpus", "2", "--port", str(port), "--dashboard-port", str(dash), timeout=150)
+    try:
+        assert up.returncode == 0, up.stderr[-3000:]
+        assert url in up.stdout
+        # 1. ray job submit, the way a user does it (absolute --out; the venv's python on the cluster)
+        out = assets["root"] / "ray-job"
+        job = run(
+            [str(BIN / "ray"), "job", "submit", "--address", url, "--working-dir", str(REPO), "--",
+             "python", "-m", "dynalora", "train", *train_args(assets, out), "--backend", "ray", "--workers", "2",
+             "--storage-path", str(assets["root"] / "ray-storage")],
+            cwd=REPO, env=env(RAY_AUTH_MODE="token"),
+        )
+        assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
+        assert "dynalora: step 40/40" in job.stdout
+        assert_same_run(baseline, out, world=2)
+        assert (out / "distributed.json").is_file() and (out / "tokenizer").is_dir()
+
+        gcs = ["--ray-address", f"127.0.0.1:{port}"]
+        # 2. a worker dies after step 25; Ray restarts the group, which resumes from step 20
+        out = assets["root"] / "ray-fault"
+        marker = assets["root"] / "ray-fault.fired"
+        proc = dynalora("train", *train_args(assets, out), "--backend", "ray", "--workers", "2", "--max-failures", "1",
+                        "--storage-path", str(assets["root"] / "ray-storage"), *gcs, timeout=TIMEOUT,
+                        DYNALORA_FAULT_STEP="25", DYNALORA_FAULT_MARKER=str(marker))
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+        assert marker.is_file()
+        assert_same_run(baseline, out, world=2)
+
+        # 3. more workers than CPUs: one line, nothing written
+        out = assets["root"] / "ray-too-many"
+        proc = dynalora("train", *train_args(assets, out), "--backend", "ray", "--workers", "3", *gcs)
+        assert proc.returncode == 2 and "--workers 3 needs 3 CPUs" in proc.stderr and "has 2" in proc.stderr
+        assert not out.exists()
+    finally:
+        down = dynalora("cluster", "down", timeout=120)
+        assert down.returncode == 0, down.stderr[-2000:]
