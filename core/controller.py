@@ -241,6 +241,18 @@ class RankController:
             any_left = any_left or not torch.equal(layer.gate, target)
         self._fading = any_left
 
+    def consolidate_statistics(self, collective: Collective) -> None:
+        """Sum the window statistics onto rank 0 and zero them elsewhere (before a checkpoint).
+
+        The next reallocation's reduce then still sums to the global window, and rank 0's
+        buffer alone is a complete record of it.
+        """
+        if self.stats is None or collective.world_size == 1:
+            return
+        collective.reduce(self.stats.flat)
+        if collective.rank != 0:
+            self.stats.zero_()
+
     # ---- bookkeeping -------------------------------------------------------------------------
     def ranks(self) -> dict[str, int]:
         return {n: l.rank for n, l in zip(self.names, self.layers, strict=True)}

@@ -84,9 +84,8 @@ def task_data(spec: AdapterSpec) -> TaskData:
     from dynalora.core.config import TrainConfig
     from dynalora.core.train import load_data
 
-    cfg = TrainConfig.from_yaml(spec.path / "config.yaml")
     try:
-        return load_data(cfg)
+        return load_data(TrainConfig.from_yaml(spec.path / "config.yaml"))
     except DynaloraError as exc:
         raise FusionError(f"cannot load the data of task {spec.name} ({spec.path}): {exc}") from None
 

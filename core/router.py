@@ -110,7 +110,7 @@ def train_router(feats: torch.Tensor, labels: torch.Tensor, num_tasks: int, cfg:
     """Fit a Router on precomputed features (N, H) and task ids (N,); returns (router in eval mode, epoch losses)."""
     cfg.validate()
     gen = torch.Generator().manual_seed(cfg.seed)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():  # callable from inside no_grad code
         torch.manual_seed(cfg.seed)
         router = Router(feats.shape[-1], num_tasks, cfg.hidden, cfg.dropout)
         opt = torch.optim.AdamW(router.parameters(), lr=cfg.lr, weight_decay=0.01)

@@ -40,6 +40,10 @@ from dynalora.core.models import load_classifier, load_tokenizer, resolve_model_
 from dynalora.core.run_io import list_checkpoints, load_checkpoint, save_adapter, save_checkpoint
 
 
+# TrainConfig fields that say where / how a run executes, not what it trains
+RUNTIME_FIELDS = ("out", "progress", "threads", "backend", "workers", "ray_address", "storage_path", "max_failures")
+
+
 @dataclass
 class TrainHooks:
     """Launcher seams. Every hook runs on every worker."""
@@ -214,9 +218,13 @@ def train(cfg: TrainConfig, collective: Collective | None = None, hooks: TrainHo
     if cfg.resume:
         saved = Path(cfg.out) / "config.yaml"
         if saved.is_file():
-            progress = cfg.progress
+            # the saved config defines the training; where and how it runs comes from the caller
+            # (a moved run folder resumes where it is now, possibly under another launcher)
+            launch = {k: getattr(cfg, k) for k in RUNTIME_FIELDS if hasattr(cfg, k)}
             cfg = TrainConfig.from_yaml(saved)
-            cfg.resume, cfg.overwrite, cfg.progress = True, False, progress
+            for k, v in launch.items():
+                setattr(cfg, k, v)
+            cfg.resume, cfg.overwrite = True, False
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -252,6 +260,8 @@ def train(cfg: TrainConfig, collective: Collective | None = None, hooks: TrainHo
             tensors, meta = load_checkpoint(ckpts[-1])
             restore(model, optimizer, tensors, ckpts[-1])
             controller.load_state_dict({k[len("controller.") :]: v for k, v in tensors.items() if k.startswith("controller.")})
+            if not is_main and controller.stats is not None:
+                controller.stats.zero_()  # rank 0 restored the consolidated window statistics (see below)
             scheduler.load_state_dict(meta["scheduler"])
             for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
                 group["lr"] = lr  # the optimizer only sees the schedule's lr after the next step() otherwise
@@ -317,6 +327,9 @@ def train(cfg: TrainConfig, collective: Collective | None = None, hooks: TrainHo
             bar.update(1)
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done != steps:
             path = None
+            # consolidate the statistics window on rank 0 (sum of all workers, others zero) so the
+            # checkpoint holds the global window: a resume with any world size continues it exactly
+            controller.consolidate_statistics(collective)
             if is_main:
                 tensors = trainable_state(model) | optimizer_tensors(optimizer, names)
                 tensors |= {f"controller.{k}": v for k, v in controller.state_dict().items()}

@@ -1,12 +1,36 @@
-"""Choose how `dynalora train` runs: single process, torchrun worker, or Ray Train."""
+"""Choose how `dynalora train` runs: torchrun worker or Ray Train driver.
+
+    # one machine, two workers (the backend is detected from torchrun's environment)
+    torchrun --standalone --nproc_per_node=2 -m dynalora train --model minilm --task rotten_tomatoes --out runs/rt
+
+    # restart all workers up to once after a failure; they resume from the latest checkpoint
+    torchrun --standalone --nproc_per_node=2 --max-restarts 1 -m dynalora train ... --checkpoint-every 50
+
+    # two machines, two workers each: run on both, with a run id unique to this job
+    torchrun --nnodes 2 --nproc_per_node 2 --rdzv-backend c10d --rdzv-endpoint HOST0:29400 \
+        --rdzv-id rt-$(date +%s) -m dynalora train ... --out /shared/runs/rt
+
+    # Ray Train (see ray_backend.py)
+    dynalora train --backend ray --workers 2 ...
+
+torchrun restarts *all* workers after a failure, with TORCHELASTIC_RESTART_COUNT > 0. A restarted
+worker resumes from the run folder's latest checkpoint, but only if that folder was created by
+this torchrun job (rank 0 records TORCHELASTIC_RUN_ID in RUN/.torchrun_id): a first attempt always
+refuses an existing --out without --overwrite, and a restart never continues someone else's run.
+With multi-node torchrun, give each job its own --rdzv-id (the default id is "none").
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
+from dynalora.core.atomic import write_text
 from dynalora.core.config import TrainConfig
 from dynalora.core.errors import ConfigError
+
+RUN_ID_FILE = ".torchrun_id"
 
 
 def in_torchrun() -> bool:
@@ -15,4 +39,65 @@ def in_torchrun() -> bool:
 
 
 def run_training(cfg: TrainConfig) -> Any:
-    raise ConfigError(f"backend {cfg.backend!r} is not available yet")
+    if in_torchrun():
+        return run_torchrun_worker(cfg)
+    if cfg.backend == "ray":
+        from dynalora.distributed.ray_backend import run_ray
+
+        return run_ray(cfg)
+    if cfg.backend == "torchrun":
+        raise ConfigError(
+            "--backend torchrun: start the workers with torchrun, e.g. "
+            "`torchrun --standalone --nproc_per_node=2 -m dynalora train ...`"
+        )
+    from dynalora.core.train import train
+
+    cfg.validate()
+    return train(cfg)
+
+
+def _owns_run(out: Path, run_id: str) -> bool:
+    marker = out / RUN_ID_FILE
+    return (out / "config.yaml").is_file() and marker.is_file() and marker.read_text(encoding="utf-8").strip() == run_id
+
+
+def run_torchrun_worker(cfg: TrainConfig) -> Any:
+    """One torchrun worker: checks, process group, DDP, the shared loop; resume after a restart."""
+    from dynalora.distributed.recovery import latest_step, trim_logs, validate_out
+
+    if cfg.backend == "ray":
+        raise ConfigError("started by torchrun but --backend ray: drop --backend ray, or run without torchrun")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if cfg.workers not in (1, world):
+        raise ConfigError(f"--workers {cfg.workers} but torchrun started {world} workers: drop --workers under torchrun")
+    cfg.backend, cfg.workers = "torchrun", world
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    out = Path(cfg.out).resolve()
+    cfg.out = str(out)
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and _owns_run(out, run_id):
+        cfg.resume, cfg.overwrite = True, False
+    # Every check runs on every rank before the process group exists, so nobody has written
+    # anything yet: no rank can see a folder that rank 0 created a moment ago.
+    cfg.validate()
+    validate_out(cfg)
+    if cfg.resume and rank == 0:
+        trim_logs(out, latest_step(out))
+    if rank != 0 and not cfg.resume:
+        cfg.overwrite = True  # validated above; rank 0 alone creates (or replaces) the folder
+
+    import torch.distributed as dist
+
+    from dynalora.distributed.collective import TorchCollective, init_process_group
+    from dynalora.distributed.worker import run_worker
+
+    init_process_group()
+    try:
+        collective = TorchCollective()
+
+        def mark_owner() -> None:
+            if rank == 0:
+                write_text(out / RUN_ID_FILE, run_id + "\n")
+
+        return run_worker(cfg, collective, on_model=mark_owner, print_progress=not cfg.progress)
+    finally:
+        dist.destroy_process_group()
