@@ -127,6 +127,7 @@ class TrainConfig:
     checkpoint_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: never)"})
     log_every: int = field(default=10, metadata={"help": "write a metrics line every N steps"})
     threads: int | None = field(default=None, metadata={"help": "torch intra-op threads"})
+    device: str = field(default="cpu", metadata={"help": "cpu | cuda | cuda:N | auto (CUDA when present)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing run folder"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in --out"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})

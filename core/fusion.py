@@ -83,16 +83,19 @@ class FusedLoRALayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
+        if sum(self.ranks) == 0:
+            return y
         w = self.context.weights  # (B, K)
         if w is None:
-            raise RuntimeError("FusedLoRALayer needs fusion weights: call it through FusedModel")
+            if self.num_adapters != 1:
+                raise RuntimeError("FusedLoRALayer needs fusion weights: call it through FusedModel")
+            return y + F.linear(F.linear(x, self.lora_A), self.lora_B)  # one plain adapter (the baseline)
         if self.loop:
             return y + self.loop_delta(x, w)
-        if not self.ranks or sum(self.ranks) == 0:
-            return y
         wc = w.index_select(1, self.owner)  # (B, R): each component scaled by its adapter's weight
-        h = F.linear(x, self.lora_A)  # (B, T, R)
-        h = h * wc.view(wc.shape[0], *([1] * (h.dim() - 2)), wc.shape[-1])
+        for _ in range(x.dim() - 2):
+            wc = wc.unsqueeze(1)  # (B, 1, R): unsqueeze, not view, keeps the exported graph to one node
+        h = F.linear(x, self.lora_A) * wc  # (B, T, R)
         return y + F.linear(h, self.lora_B)  # (B, T, out)
 
     def loop_delta(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -240,8 +243,9 @@ class FusedModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, fusion_weights: torch.Tensor | None = None) -> FusedOutput:
         """Route (unless `fusion_weights` (B, K) is given: e.g. one-hot = the oracle adapter) and run."""
-        if fusion_weights is None and self.router is None and self.num_tasks == 1:
-            probs = weights = torch.ones(input_ids.shape[0], 1)  # a single adapter: the benchmarks' baseline
+        single = fusion_weights is None and self.router is None and self.num_tasks == 1
+        if single:  # one plain adapter, no router: the benchmarks' baseline
+            probs = weights = torch.ones(input_ids.shape[0], 1)
         elif fusion_weights is None:
             probs = self.route(input_ids, attention_mask)
             weights = top_p_weights(probs, self.top_p)
@@ -256,7 +260,7 @@ class FusedModel(nn.Module):
             kwargs["attention_mask"] = attention_mask
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
-        self.context.weights = weights
+        self.context.weights = None if single else weights
         try:
             all_logits = self.model(**kwargs).logits  # (B, sum C)
         finally:

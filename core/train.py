@@ -41,7 +41,7 @@ from dynalora.core.run_io import list_checkpoints, load_checkpoint, save_adapter
 
 
 # TrainConfig fields that say where / how a run executes, not what it trains
-RUNTIME_FIELDS = ("out", "progress", "threads", "backend", "workers", "ray_address", "storage_path", "max_failures")
+RUNTIME_FIELDS = ("out", "progress", "threads", "device", "backend", "workers", "ray_address", "storage_path", "max_failures")
 
 
 @dataclass
@@ -100,7 +100,20 @@ def total_steps(cfg: TrainConfig, n_train: int) -> int:
     return max(1, math.ceil(cfg.epochs * n_train / cfg.batch_size))
 
 
-def build_model(cfg: TrainConfig, data: TaskData, steps: int) -> tuple[nn.Module, Any, RankController, str]:
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> this worker's CUDA device when one is present (LOCAL_RANK under torchrun), else CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    return torch.device(name)
+
+
+def build_model(
+    cfg: TrainConfig, data: TaskData, steps: int, device: torch.device | None = None
+) -> tuple[nn.Module, Any, RankController, str]:
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path)
     model = load_classifier(model_path, data.spec.num_labels, data.spec.problem, seed=cfg.seed)
@@ -116,6 +129,8 @@ def build_model(cfg: TrainConfig, data: TaskData, steps: int) -> tuple[nn.Module
         scaling=cfg.lora.alpha / cfg.lora.rank,
         dropout=cfg.lora.dropout,
     )
+    if device is not None:
+        model.to(device)  # before the controller: its statistics buffer lives on the layers' device
     controller = RankController(layers, ctx, cfg.lora, cfg.dynamic, steps, seed=cfg.seed)
     return model, tokenizer, controller, model_path
 
@@ -156,7 +171,8 @@ def evaluate(model: nn.Module, tokenizer: Any, data: TaskData, cfg: TrainConfig,
         chunk = data.eval[i : i + batch_size]
         batch = encode(tokenizer, chunk, cfg.max_length, data.spec.problem)
         y = batch.pop("labels")
-        logits = model(**batch).logits
+        device = next(model.parameters()).device
+        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.cpu()
         preds.append(logits.squeeze(-1) if data.spec.problem == "regression" else logits.argmax(-1))
         labels.append(y)
     model.train(was_training)
@@ -237,7 +253,8 @@ def train(cfg: TrainConfig, collective: Collective | None = None, hooks: TrainHo
     data = load_data(cfg)
     steps = total_steps(cfg, len(data.train))
     torch.manual_seed(cfg.seed)
-    model, tokenizer, controller, model_path = build_model(cfg, data, steps)
+    device = resolve_device(cfg.device)
+    model, tokenizer, controller, model_path = build_model(cfg, data, steps, device)
     global_batch(len(data.train), cfg.batch_size, cfg.seed, 0)  # validates batch size vs data
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -300,7 +317,7 @@ def train(cfg: TrainConfig, collective: Collective | None = None, hooks: TrainHo
             sync = m == cfg.grad_accum - 1
             ctx = train_model.no_sync() if (not sync and hasattr(train_model, "no_sync")) else _nullcontext()
             with ctx:
-                loss = train_model(**batch).loss / cfg.grad_accum
+                loss = train_model(**{k: v.to(device) for k, v in batch.items()}).loss / cfg.grad_accum
                 loss.backward()
             step_loss += float(loss.detach())
         controller.after_backward()

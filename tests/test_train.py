@@ -172,3 +172,22 @@ def test_regression_task_trains_and_reports_correlations(tiny_dirs, tmp_path) ->
     assert info["task"]["problem"] == "regression"
     run = load_run(tmp_path / "reg")
     assert run.model.config.num_labels == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_cuda_matches_the_allocation_rules(tiny_dirs, csv_data, tmp_path) -> None:
+    res = train(_cfg(tiny_dirs["bert"], csv_data, tmp_path / "gpu", device="cuda"))
+    assert sum(res.ranks.values()) == 4 * len(res.ranks)
+    run = load_run(tmp_path / "gpu")
+    assert run.model(**run.tokenizer(["good"], return_tensors="pt")).logits.shape == (1, 2)
+
+
+def test_cuda_request_without_gpu_is_a_clear_error(tiny_dirs, csv_data, tmp_path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    from dynalora.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        train(_cfg(tiny_dirs["bert"], csv_data, tmp_path / "nogpu", device="cuda"))
+    assert not (tmp_path / "nogpu").exists()
