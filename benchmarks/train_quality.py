@@ -233,10 +233,18 @@ def main() -> int:
     ap.add_argument("--lrs", default="5e-4,2e-3", help="sweep for our methods and PEFT LoRA")
     ap.add_argument("--adalora-lrs", default="2e-3,5e-3")
     ap.add_argument("--val", type=int, default=500)
+    ap.add_argument("--fixed-lrs", default=None,
+                    help="method=lr,... : skip the sweep and use these (e.g. from an earlier sweep, see --sweep-record)")
+    ap.add_argument("--sweep-record", default=None, help="JSON {task: [sweep rows]} of an earlier sweep, copied into the report")
+    ap.add_argument("--sweep-methods", default="dynamic,static,peft-lora,peft-adalora",
+                    help="methods that get their own LR sweep; the other dynamic variants use dynamic's LR")
     ap.add_argument("--timing-rounds", type=int, default=5)
     ap.add_argument("--timing-steps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--phase", choices=("all", "accuracy", "timing"), default="all",
+                    help="accuracy runs and the timing phase can run separately (timing wants a quiet machine); "
+                         "each phase merges into the existing JSON report")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     if args.quick:
@@ -246,16 +254,25 @@ def main() -> int:
     model_path = resolve_model_path("minilm")
     methods = args.methods.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
-    report: dict[str, Any] = {"environment": environment(), "args": vars(args), "tasks": {}}
     out_dir = Path(args.out)
+    report: dict[str, Any] = {"environment": environment(), "args": vars(args), "tasks": {}}
+    if args.phase == "timing" and (out_dir / "train_quality.json").is_file():
+        report = json.loads((out_dir / "train_quality.json").read_text())
+        report["timing_environment"] = environment()
     t_start = time.time()
-    for task in args.tasks.split(","):
+    for task in (args.tasks.split(",") if args.phase != "timing" else []):
         full = load_data(TrainConfig(task=task, out="-", seed=0))
         train_part, val_part = split_validation(full, args.val)
         entry: dict[str, Any] = {"data": full.source, "n_train_used": len(train_part.train), "n_eval": len(full.eval),
                                  "n_val": args.val, "sweep": [], "runs": []}
         best_lr = {}
-        for m in methods:
+        swept = [m for m in methods if m in args.sweep_methods.split(",")]
+        if args.fixed_lrs:
+            best_lr = {kv.split("=")[0]: float(kv.split("=")[1]) for kv in args.fixed_lrs.split(",")}
+            if args.sweep_record:
+                entry["sweep"] = json.loads(Path(args.sweep_record).read_text()).get(task, [])
+            swept = []
+        for m in swept:
             lrs = [float(x) for x in (args.adalora_lrs if m == "peft-adalora" else args.lrs).split(",")]
             scored = []
             for lr in lrs:
@@ -264,15 +281,22 @@ def main() -> int:
                 scored.append((r["metrics"]["accuracy"], -lr, lr))
                 print(f"[{time.time() - t_start:7.0f}s] sweep {task} {m} lr={lr:g} val acc={r['metrics']['accuracy']:.4f}", flush=True)
             best_lr[m] = max(scored)[2]
-        entry["best_lr"] = best_lr
         for m in methods:
-            for s in seeds:
+            best_lr.setdefault(m, best_lr.get("dynamic", float(args.lrs.split(",")[0])))
+        entry["best_lr"] = best_lr
+        entry["swept"] = swept
+        report["tasks"][task] = entry
+        for s in seeds:  # seed-major, written after every run: a cut-short benchmark keeps what it measured
+            for m in methods:
                 r = run_one(m, model_path, train_part, args.steps, args.batch, best_lr[m], s, args.max_length, full)
                 entry["runs"].append(r)
+                write_json(out_dir / "train_quality.json", report)
                 print(f"[{time.time() - t_start:7.0f}s] {task} {m} seed={s} acc={r['metrics']['accuracy']:.4f} f1={r['metrics']['f1']:.4f}", flush=True)
-        report["tasks"][task] = entry
         write_json(out_dir / "train_quality.json", report)
         write_text(out_dir / "train_quality.md", render(report))
+    if args.phase == "accuracy":
+        write_text(out_dir / "train_quality.md", render(report))
+        return 0
     first = load_data(TrainConfig(task=args.tasks.split(",")[0], out="-", seed=0))
     tmethods = [m for m in ("static", "dynamic", "per-example", "peft-lora", "peft-adalora") if m in methods]
     samples = timing_phase(tmethods, model_path, first, args.batch, args.max_length, args.timing_rounds, args.timing_steps)
@@ -297,6 +321,8 @@ def _peak_rss_mb() -> float:
 def render(report: dict[str, Any]) -> str:
     env = report["environment"]
     a = report["args"]
+    if "timing_environment" in report:
+        env = report["timing_environment"] | {"threads": env["threads"]}
     lines = ["# Training quality: dynamic LoRA vs baselines", "",
              f"MiniLM (all-MiniLM-L6-v2), {a['steps']} optimizer steps, batch {a['batch']}, max {a['max_length']} tokens, "
              f"average rank {RANK} on query/value (12 layers), seeds {a['seeds']}. "
@@ -305,13 +331,23 @@ def render(report: dict[str, Any]) -> str:
     for task, e in report["tasks"].items():
         lines += [f"## {task}", "", f"Data: {e['data']}. Training uses {e['n_train_used']} examples (the last {e['n_val']} of the "
                   f"training split are the LR-sweep validation slice); metrics on the {e['n_eval']}-example evaluation split.", "",
-                  "| method | lr (sweep) | accuracy mean ± std | F1 mean ± std | trainable params |", "|---|---|---|---|---|"]
+                  "| method | lr (sweep) | accuracy mean ± std | F1 mean ± std | trainable params | seeds |", "|---|---|---|---|---|---|"]
         for m in dict.fromkeys(r["method"] for r in e["runs"]):
             runs = [r for r in e["runs"] if r["method"] == m]
             am, asd = summarize(runs, "accuracy")
             fm, fsd = summarize(runs, "f1")
-            lines.append(f"| {m} | {e['best_lr'][m]:g} | {am:.4f} ± {asd:.4f} | {fm:.4f} ± {fsd:.4f} | {runs[0]['trainable_params']:,} |")
-        lines.append("")
+            seeds_done = ",".join(str(r["seed"]) for r in runs)
+            lines.append(f"| {m} | {e['best_lr'][m]:g} | {am:.4f} ± {asd:.4f} | {fm:.4f} ± {fsd:.4f} | {runs[0]['trainable_params']:,} | {seeds_done} |")
+        lines += ["", "Trainable params counts allocated tensors: the dynamic variants allocate capacity 2 x 8 per layer "
+                  "but keep exactly 8 x 12 live rank components (the same live budget as static LoRA and PEFT LoRA r=8); "
+                  "AdaLoRA starts at r=12 and prunes to 8 on average.", ""]
+        if e.get("sweep"):
+            lines += ["LR sweep (seed 0, validation slice carved from the training split):", "",
+                      "| method | lr | validation accuracy |", "|---|---|---|"]
+            for r in e["sweep"]:
+                acc = r.get("val_accuracy", r.get("metrics", {}).get("accuracy"))
+                lines.append(f"| {r['method']} | {r['lr']:g} | {acc:.4f} |")
+            lines.append("")
     if "timing" in report:
         med = report["timing"]["median_s"]
         base, peft_l = med.get("static"), med.get("peft-lora")

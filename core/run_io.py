@@ -232,6 +232,9 @@ def load_run(path: str | Path) -> LoadedRun:
             tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"tokenizer in {tok_dir} cannot be loaded: {str(exc).splitlines()[0]}") from None
+        if tokenizer.pad_token is None:  # same rule as models.load_tokenizer
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        tokenizer.padding_side = "right"
     else:
         tokenizer = load_tokenizer(info["base_model"])
     model = load_classifier(info["base_model"], task["num_labels"], task["problem"], seed=config.seed)

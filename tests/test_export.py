@@ -296,3 +296,28 @@ def test_fp16_on_cuda(runs: dict[str, Path], tmp_path: Path) -> None:
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CUDAExecutionProvider"])
     assert sess.get_providers()[0] == "CUDAExecutionProvider"
     assert manifest["verification"]["fp16_vs_torch_max_abs"] <= 2e-2
+
+
+# ---- base (causal LM) export ------------------------------------------------------------------------
+def test_export_base_causal_lm_fp32_and_int8(tmp_path: Path) -> None:
+    import onnx
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from dynalora.edge_runtime.manifest import read_manifest, verify_checksums
+    from dynalora.export.merged import export_base
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model_dir = save_tiny_model("llama", tmp_path / "lm")  # for the tokenizer files
+    LlamaForCausalLM(config).save_pretrained(model_dir)
+    fp32 = export_base(str(model_dir), tmp_path / "fp32")
+    assert fp32["kind"] == "base" and fp32["task"]["problem"] == "causal-lm"
+    assert fp32["verification"]["max_abs_diff"] <= fp32["verification"]["tolerance"]
+    assert any(n.startswith("past_key_values") for n in fp32["inputs"])
+    verify_checksums(tmp_path / "fp32", read_manifest(tmp_path / "fp32"))
+    int8 = export_base(str(model_dir), tmp_path / "int8", quantize="int8")
+    assert int8["precision"] == "int8" and int8["verification"]["int8"]["method"] == "MatMulNBits"
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node}
+    assert "MatMulNBits" in ops

@@ -1,0 +1,193 @@
+"""Shared pieces of every export: input checks, evaluation inputs, ORT sessions, timing, manifest.
+
+Nothing here writes outside the temporary folder an exporter builds in; `write_export_manifest` is the
+last call before the folder is renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dynalora import __version__
+from dynalora.export.errors import ExportError
+
+PARITY_ATOL_FP32 = 1e-4
+
+
+def refuse_existing(out: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Refuse an existing output folder before any work is done (atomic_dir re-checks at the end)."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ExportError(f"output folder {out} exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} exists and is not a folder")
+    return out
+
+
+def load_run_checked(path: str | os.PathLike[str]) -> Any:
+    """`load_run` with export-specific checks: a run folder, with its tokenizer."""
+    from dynalora.core.errors import DynaloraError
+    from dynalora.core.run_io import is_run_dir, load_run
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ExportError(f"--run {path} does not exist; pass a run folder written by `dynalora train`")
+    if not is_run_dir(path):
+        raise ExportError(f"{path} is not a dynalora run folder (no run.json / adapter/adapter_config.json); "
+                          "pass the --out folder of a finished `dynalora train`")
+    tok = path / "tokenizer"
+    if not tok.is_dir() or not any(tok.glob("tokenizer*")) and not any(tok.glob("vocab*")):
+        raise ExportError(f"{path} has no tokenizer/ folder (or it is empty): an export must ship the tokenizer "
+                          "the run was trained with; copy it back from the training machine")
+    try:
+        return load_run(path)
+    except DynaloraError as exc:
+        raise ExportError(f"cannot load run {path}: {exc}") from None
+
+
+def eval_examples(run: Any, limit: int | None = None) -> list[Any]:
+    """The run's evaluation split (the same seeded split training reported its metrics on)."""
+    from dynalora.core.errors import DynaloraError
+    from dynalora.core.train import load_data
+
+    try:
+        data = load_data(run.config)
+    except (DynaloraError, OSError) as exc:
+        raise ExportError(f"cannot load the evaluation split of {run.path} to verify the export ({exc}); "
+                          "make the run's data files available again") from None
+    examples = list(data.eval)
+    if not examples:
+        raise ExportError(f"{run.path} has an empty evaluation split: nothing to verify the export against")
+    return examples[:limit] if limit else examples
+
+
+def encode(tokenizer: Any, examples: Sequence[Any], max_length: int, input_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Tokenize examples to int64 numpy feeds holding exactly `input_names`."""
+    texts = [e.text for e in examples]
+    pairs = [e.text_pair for e in examples] if examples[0].text_pair is not None else None
+    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=True, return_tensors="np")
+    shape = enc["input_ids"].shape
+    feeds: dict[str, np.ndarray] = {}
+    for name in input_names:
+        if name in enc:
+            feeds[name] = np.asarray(enc[name], dtype=np.int64)
+        elif name == "token_type_ids":
+            feeds[name] = np.zeros(shape, dtype=np.int64)
+        elif name == "position_ids":
+            feeds[name] = np.broadcast_to(np.arange(shape[1], dtype=np.int64), shape).copy()
+        else:
+            raise ExportError(f"the exported graph takes an input {name!r} this exporter cannot fill")
+    return feeds
+
+
+def torch_logits(model: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        out = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+    return out.logits.float().numpy()
+
+
+def session(path: str | os.PathLike[str], threads: int | None = None, providers: Sequence[str] | None = None,
+            opt_level: Any = None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if opt_level is not None:
+        options.graph_optimization_level = opt_level
+    return ort.InferenceSession(str(path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"]))
+
+
+def run_logits(sess: Any, feeds: dict[str, np.ndarray], run_options: Any = None) -> np.ndarray:
+    names = [i.name for i in sess.get_inputs()]
+    return np.asarray(sess.run(None, {n: feeds[n] for n in names}, run_options)[0], dtype=np.float32)
+
+
+def median_ms(sess: Any, feeds: dict[str, np.ndarray], repeats: int = 20, warmup: int = 3) -> float:
+    """Median latency in ms of `sess.run` on `feeds` (a quick in-export comparison, not the benchmark)."""
+    names = [i.name for i in sess.get_inputs()]
+    feeds = {n: feeds[n] for n in names}
+    for _ in range(warmup):
+        sess.run(None, feeds)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    diff = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+    return diff if diff == diff else float("inf")  # NaN counts as a failure
+
+
+def accuracy(sess: Any, tokenizer: Any, examples: Sequence[Any], max_length: int, run_options: Any = None,
+             batch: int = 64) -> float:
+    """Classification accuracy of the graph on `examples` (argmax of the logits vs the labels)."""
+    names = [i.name for i in sess.get_inputs()]
+    correct = 0
+    for i in range(0, len(examples), batch):
+        chunk = examples[i : i + batch]
+        logits = run_logits(sess, encode(tokenizer, chunk, max_length, names), run_options)
+        correct += int((logits.argmax(-1) == np.array([e.label for e in chunk])).sum())
+    return correct / len(examples)
+
+
+def base_manifest(*, kind: str, run_info: dict[str, Any] | None, model_type: str, inputs: Sequence[str],
+                  outputs: Sequence[str], opset: int, precision: str, max_length: int | None,
+                  source_runs: Sequence[str]) -> dict[str, Any]:
+    if run_info is not None:
+        task = run_info["task"]
+        task_entry = {"name": task["name"], "problem": task["problem"], "label_names": list(task["label_names"])}
+    else:
+        task_entry = {"name": "causal-lm", "problem": "causal-lm", "label_names": []}
+    return {
+        "format": "dynalora-export",
+        "format_version": 1,
+        "kind": kind,
+        "task": task_entry,
+        "model_type": model_type,
+        "inputs": list(inputs),
+        "outputs": list(outputs),
+        "opset": opset,
+        "precision": precision,
+        "max_length": max_length,
+        "dynalora_version": __version__,
+        "source_runs": [str(Path(r).resolve()) for r in source_runs],
+        "model_file": "model.onnx",
+    }
+
+
+def write_export_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Checksum every file and write manifest.json (edge_runtime's writer, so both sides agree)."""
+    from dynalora.edge_runtime.manifest import write_manifest
+
+    return write_manifest(folder, manifest)
+
+
+def opset_of(path: str | os.PathLike[str]) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def save_single_file(model: Any, path: Path) -> None:
+    """Save an ONNX model as one file when it fits protobuf's 2 GB limit, else with model.onnx.data."""
+    import onnx
+
+    large = model.ByteSize() > 1_800_000_000
+    onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
+                    location=path.name + ".data" if large else None)

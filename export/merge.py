@@ -1,0 +1,76 @@
+"""Merge a run's adapters into its base weights: a pure transform, checked before it returns.
+
+    from dynalora.core.run_io import load_run
+    from dynalora.export.merge import merged_model
+    plain = merged_model(load_run("runs/rt"))      # a plain HF *ForSequenceClassification
+
+The run's model is not touched: the model is deep-copied, and every `DynamicLoRALayer` of the copy is
+replaced by its base layer with `delta_weight()` (scaling * B diag(g) A, gate folded in) added. The
+result has no dynalora modules or hooks, so `save_pretrained` / optimum export it like any checkpoint.
+A per-example input-adaptive run has no single merged weight (its update depends on the input): it is
+refused, pointing to `dynalora export adapters`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from dynalora.core.inject import adapter_layers
+from dynalora.export.errors import ExportError
+
+MERGE_ATOL = 1e-5
+
+
+def check_inputs(model: nn.Module, batch: int = 4, length: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A seeded random token batch with right padding, for checks when no real texts are given."""
+    vocab = int(getattr(model.config, "vocab_size", 1000))
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, max(6, vocab), (batch, length), generator=gen)  # skip the special-token ids
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for b in range(1, batch):
+        mask[b, length - 2 * b :] = 0  # (B, T): different padding per row
+    pad = getattr(model.config, "pad_token_id", None)
+    ids = ids.masked_fill(mask == 0, pad if pad is not None else 0)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def merged_model(run: Any, inputs: dict[str, torch.Tensor] | None = None, atol: float = MERGE_ATOL) -> nn.Module:
+    """A deep copy of `run.model` (a `LoadedRun`) with every adapter merged into its base layer.
+
+    `inputs`: the batch the check runs on (default: `check_inputs`). Raises `ExportError` if the merged
+    logits differ from the adapted model's by more than `atol`.
+    """
+    if run.mode == "per-example":
+        raise ExportError(
+            f"{run.path} is a per-example input-adaptive run: its low-rank update depends on each input, so it "
+            "has no merged weight; export it with `dynalora export adapters --runs RUN ...` instead"
+        )
+    source: nn.Module = run.model
+    merged = copy.deepcopy(source).eval()
+    for name, layer in adapter_layers(merged).items():
+        parent_name, _, leaf = name.rpartition(".")
+        parent = merged.get_submodule(parent_name) if parent_name else merged
+        base = layer.base
+        with torch.no_grad():
+            base.weight += layer.delta_weight().to(base.weight.dtype)
+        setattr(parent, leaf, base)
+    # the copy still carries the attention-mask hook and context of the adapted model: drop them
+    merged._forward_pre_hooks.clear()
+    merged._forward_pre_hooks_with_kwargs.clear()
+    if hasattr(merged, "dynalora_context"):
+        del merged.dynalora_context
+    if adapter_layers(merged):
+        raise ExportError(f"merging {run.path} left adapter layers behind; this model layout is not supported")
+
+    inputs = inputs if inputs is not None else check_inputs(source)
+    with torch.no_grad():
+        want = source(**inputs).logits
+        got = merged(**inputs).logits
+    diff = float((want - got).abs().max())
+    if not diff <= atol:  # also catches NaN
+        raise ExportError(f"merged model of {run.path} differs from the adapted model by {diff:.3g} (> {atol:g})")
+    return merged

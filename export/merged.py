@@ -1,0 +1,311 @@
+"""`dynalora export merged` / `dynalora export base`: one plain ONNX graph per model.
+
+    dynalora export merged --run runs/rt --out exports/rt [--quantize int8|fp16] [--opset 17] [--overwrite]
+    dynalora export base --model smollm2-135m --task-kind text-generation-with-past --out exports/smol
+
+merged: load the run -> `merged_model` (checked against the adapted model) -> save_pretrained into
+EXPORT/torch/ -> optimum-onnx `main_export` (the plain export) -> graph optimisation -> [quantise] ->
+verify against PyTorch on real evaluation texts -> manifest. The folder is built in a temporary sibling
+and renamed only after every check passed.
+
+Graph optimisation. BERT-family encoders go through `onnxruntime.transformers.optimizer` (Attention,
+EmbedLayerNormalization, SkipLayerNormalization, BiasGelu fusions): ORT's own session-time optimiser
+does not find these in optimum's graph, and they are what makes the export faster than the plain one.
+Other architectures are saved after ORT's offline EXTENDED optimisation. Both the plain and the optimised
+graph are timed on the verification batch; the optimised one is kept only if it matches PyTorch and is
+at least 5% faster (the manifest records both latencies and the choice in verification.graph). Measured
+here (benchmarks/results/edge.md) it usually is not: onnxruntime's session-time optimiser already fuses
+optimum's MiniLM graph, so both graphs run at the same speed. int8 always starts from the plain graph.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from dynalora.core.atomic import atomic_dir
+from dynalora.export.common import (
+    PARITY_ATOL_FP32,
+    accuracy,
+    base_manifest,
+    encode,
+    eval_examples,
+    load_run_checked,
+    max_abs,
+    median_ms,
+    opset_of,
+    refuse_existing,
+    run_logits,
+    session,
+    torch_logits,
+    write_export_manifest,
+)
+from dynalora.export.errors import ExportError
+
+BERT_FAMILY = {"bert", "roberta", "xlm-roberta", "electra", "camembert"}
+VERIFY_BATCH = 32
+WORK = ".work"
+# Recorded with each export. int8 is checked by accuracy on the evaluation split; its logit bound is loose.
+TOLERANCE = {"fp32": PARITY_ATOL_FP32, "fp16": 2e-2, "int8": 0.5}
+BASE_FP32_ATOL = 1e-3  # base causal-LM check: fp32 graph vs PyTorch on a fixed prompt (large vocab, deep stack)  # scratch folder inside the temporary export folder; removed before the manifest
+
+
+def optimum_export(model_dir: Path, output: Path, task: str, opset: int | None) -> Path:
+    """optimum-onnx `main_export` of a saved HF folder; returns the model.onnx path."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from optimum.exporters.onnx import main_export
+
+    try:
+        main_export(str(model_dir), output=str(output), task=task, opset=opset, do_validation=False,
+                    local_files_only=True)
+    except (ValueError, KeyError, NotImplementedError, RuntimeError, TypeError) as exc:
+        raise ExportError(f"the ONNX exporter cannot handle this model ({_exporter_message(exc)})") from None
+    path = output / "model.onnx"
+    if not path.is_file():
+        raise ExportError(f"the ONNX exporter wrote no model.onnx for {model_dir} (task {task})")
+    return path
+
+
+def _exporter_message(exc: BaseException) -> str:
+    lines = [l.strip() for l in str(exc).splitlines() if l.strip()]
+    return f"{type(exc).__name__}: {(lines[0] if lines else '')[:300]}"
+
+
+def optimise_graph(plain: Path, out: Path, config: Any) -> str:
+    """Write the optimised graph of `plain` to `out`; returns the method used."""
+    import onnxruntime as ort
+
+    model_type = getattr(config, "model_type", "")
+    if model_type in BERT_FAMILY:
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        optimized = optimize_model(str(plain), model_type="bert", num_heads=int(config.num_attention_heads),
+                                   hidden_size=int(config.hidden_size), opt_level=0)
+        optimized.save_model_to_file(str(out))
+        fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+        return f"onnxruntime.transformers.optimizer(bert): {fused}"
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(out)
+    options.log_severity_level = 3
+    ort.InferenceSession(str(plain), sess_options=options, providers=["CPUExecutionProvider"])
+    return "onnxruntime offline ORT_ENABLE_EXTENDED"
+
+
+def _pick_graph(plain: Path, optimised: Path, feeds: dict[str, Any], reference: Any, verification: dict) -> Path:
+    """Keep the optimised graph if it matches PyTorch and is >= 5% faster than the plain one."""
+    s_plain, s_opt = session(plain), session(optimised)
+    diff_plain = max_abs(run_logits(s_plain, feeds), reference)
+    diff_opt = max_abs(run_logits(s_opt, feeds), reference)
+    ms_plain, ms_opt = median_ms(s_plain, feeds), median_ms(s_opt, feeds)
+    verification.update(plain_vs_torch_max_abs=diff_plain, optimized_vs_torch_max_abs=diff_opt,
+                        plain_ms=ms_plain, optimized_ms=ms_opt)
+    if diff_opt <= PARITY_ATOL_FP32 and ms_opt <= ms_plain * 0.95:
+        verification["graph"] = "optimized"
+        return optimised
+    verification["graph"] = "plain"
+    return plain
+
+
+def export_merged(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, quantize: str | None = None,
+                  opset: int | None = None, overwrite: bool = False, optimize: bool = True,
+                  accuracy_limit: int | None = None) -> dict[str, Any]:
+    """Export a run merged into its base weights; returns the manifest written."""
+    if quantize not in (None, "int8", "fp16"):
+        raise ExportError(f"--quantize must be int8 or fp16, got {quantize!r}")
+    out = refuse_existing(out, overwrite)
+    run = load_run_checked(run_dir)
+    examples = eval_examples(run)
+    max_length = int(run.config.max_length)
+    input_names = list(run.tokenizer.model_input_names)
+    feeds = encode(run.tokenizer, examples[:VERIFY_BATCH], max_length, input_names)
+    import torch
+
+    from dynalora.export.merge import merged_model
+
+    merged = merged_model(run, {k: torch.from_numpy(v) for k, v in feeds.items()})
+    labels = run.label_names
+    if labels:
+        merged.config.id2label = dict(enumerate(labels))
+        merged.config.label2id = {n: i for i, n in enumerate(labels)}
+    reference = torch_logits(merged, feeds)
+    verification: dict[str, Any] = {"inputs": f"{len(examples[:VERIFY_BATCH])} evaluation texts of {run.path.name}"}
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        work = tmp / WORK
+        merged.save_pretrained(tmp / "torch", safe_serialization=True)
+        merged.config.save_pretrained(tmp)
+        run.tokenizer.save_pretrained(tmp)
+        plain = optimum_export(tmp / "torch", work / "plain", "text-classification", opset)
+        chosen = plain
+        if optimize:
+            try:
+                verification["optimization"] = optimise_graph(plain, work / "optimized.onnx", merged.config)
+            except (RuntimeError, ValueError, AttributeError) as exc:
+                verification["optimization"] = f"failed, plain graph kept: {_exporter_message(exc)}"
+            else:
+                chosen = _pick_graph(plain, work / "optimized.onnx", feeds, reference, verification)
+        fp32 = session(chosen)
+        fp32_logits = run_logits(fp32, feeds)
+        diff = max_abs(fp32_logits, reference)
+        verification["fp32_vs_torch_max_abs"] = diff
+        if not diff <= PARITY_ATOL_FP32:
+            raise ExportError(f"the ONNX export of {run.path} differs from PyTorch by {diff:.3g} on evaluation "
+                              f"inputs (> {PARITY_ATOL_FP32:g}); nothing was written")
+        precision = "fp32"
+        final = chosen
+        if quantize == "int8":
+            # from the plain graph: quantize_dynamic's shape inference cannot type the fused contrib ops, and
+            # onnxruntime re-applies its own fusions to the quantised graph at load time
+            final, precision = _int8(plain, work, run, examples, max_length, fp32, accuracy_limit, verification)
+        elif quantize == "fp16":
+            final, precision = _fp16(plain, work, feeds, reference, verification)
+        # the keys edge_runtime's bench reads: the final graph's max abs logit diff vs PyTorch and its tolerance
+        verification["max_abs_diff"] = max_abs(run_logits(session(final), feeds), reference)
+        verification["tolerance"] = TOLERANCE[precision]
+        shutil.copyfile(final, tmp / "model.onnx")
+        if (final.parent / (final.name + ".data")).is_file():
+            raise ExportError("the model needs external data (> 2 GB); this exporter writes single-file models")
+        shutil.rmtree(work)
+        sess = session(tmp / "model.onnx")
+        manifest = base_manifest(
+            kind="merged", run_info=run.info, model_type=str(merged.config.model_type),
+            inputs=[i.name for i in sess.get_inputs()], outputs=[o.name for o in sess.get_outputs()],
+            opset=opset_of(tmp / "model.onnx"), precision=precision, max_length=max_length,
+            source_runs=[str(run.path)])
+        manifest["verification"] = verification
+        manifest["torch_dir"] = "torch"
+        manifest["run_metrics"] = run.info.get("metrics", {})
+        written = write_export_manifest(tmp, manifest)
+    return written
+
+
+def _int8(src: Path, work: Path, run: Any, examples: list, max_length: int, fp32: Any, limit: int | None,
+          verification: dict) -> tuple[Path, str]:
+    from dynalora.export.quantize import quantize_int8
+
+    if run.info["task"]["problem"] != "classification":
+        raise ExportError("int8 export is only verified for classification runs (accuracy is the check); "
+                      "export this regression run with fp32")
+    dst = work / "int8.onnx"
+    verification["int8"] = quantize_int8(src, dst)
+    subset = examples[:limit] if limit else examples
+    acc32 = accuracy(fp32, run.tokenizer, subset, max_length)
+    acc8 = accuracy(session(dst), run.tokenizer, subset, max_length)
+    verification.update(accuracy_split=f"evaluation split of {run.path.name} ({len(subset)} examples)",
+                        accuracy_fp32=acc32, accuracy_int8=acc8, accuracy_change_points=100 * (acc8 - acc32))
+    return dst, "int8"
+
+
+def _fp16(src: Path, work: Path, feeds: dict, reference: Any, verification: dict) -> tuple[Path, str]:
+    from dynalora.export.quantize import FP16_ATOL, convert_fp16
+
+    dst = work / "fp16.onnx"
+    verification["fp16"] = convert_fp16(src, dst)
+    diff = max_abs(run_logits(session(dst), feeds), reference)
+    verification["fp16_vs_torch_max_abs"] = diff
+    if not diff <= FP16_ATOL:
+        raise ExportError(f"the fp16 export differs from PyTorch fp32 by {diff:.3g} (> {FP16_ATOL:g}); "
+                          "export with fp32")
+    return dst, "fp16"
+
+
+def export_base(model: str, out: str | os.PathLike[str], *, task_kind: str = "text-generation-with-past",
+                quantize: str | None = None, opset: int | None = None, overwrite: bool = False,
+                with_torch: bool = True) -> dict[str, Any]:
+    """Export a plain base model (no run), e.g. a causal LM with its KV cache for decode benchmarks.
+
+    with_torch: copy the HF weights into EXPORT/torch/ so `dynalora bench --compare-torch` can run them.
+    """
+    from dynalora.core.errors import DynaloraError
+    from dynalora.core.models import resolve_model_path
+
+    if quantize not in (None, "int8"):
+        raise ExportError(f"export base supports --quantize int8 only, got {quantize!r}")
+    out = refuse_existing(out, overwrite)
+    try:
+        path = Path(resolve_model_path(model))
+    except DynaloraError as exc:
+        raise ExportError(str(exc)) from None
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        work = tmp / WORK
+        plain = optimum_export(path, work / "plain", task_kind, opset)
+        for item in (work / "plain").iterdir():  # config, generation config, tokenizer files
+            if item.is_file() and item.suffix != ".onnx" and not item.name.endswith(".onnx.data"):
+                shutil.copyfile(item, tmp / item.name)
+        _save_padded_tokenizer(tmp)
+        verification = _verify_base(path, plain, task_kind)
+        final, precision = plain, "fp32"
+        if quantize == "int8":
+            from dynalora.export.quantize import quantize_int8, quantize_int8_blockwise
+
+            final, precision = work / "int8.onnx", "int8"
+            # causal LMs: block-wise (see quantize.py for the measurements behind this choice)
+            quantizer = quantize_int8_blockwise if task_kind.startswith("text-generation") else quantize_int8
+            verification["int8"] = quantizer(plain, final)
+        shutil.copyfile(final, tmp / "model.onnx")
+        shutil.rmtree(work)
+        if with_torch:
+            (tmp / "torch").mkdir()
+            for item in path.iterdir():
+                if item.suffix in (".json", ".safetensors") and not item.name.startswith("tokenizer"):
+                    shutil.copyfile(item, tmp / "torch" / item.name)
+        sess = session(tmp / "model.onnx")
+        causal = task_kind.startswith("text-generation")
+        manifest = base_manifest(
+            kind="base", run_info=None if causal else {"task": {"name": task_kind, "problem": "classification",
+                                                                 "label_names": []}},
+            model_type=str(config.model_type), inputs=[i.name for i in sess.get_inputs()],
+            outputs=[o.name for o in sess.get_outputs()], opset=opset_of(tmp / "model.onnx"),
+            precision=precision, max_length=None, source_runs=[])
+        manifest["base_model"] = str(path)
+        manifest["verification"] = verification
+        written = write_export_manifest(tmp, manifest)
+    return written
+
+
+def _verify_base(path: Path, plain: Path, task_kind: str) -> dict[str, Any]:
+    """fp32 graph vs PyTorch on a fixed 16-token prompt (empty KV cache); refuses a mismatch."""
+    import numpy as np
+    import torch
+    import transformers
+
+    if not task_kind.startswith("text-generation"):
+        return {}
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
+    ids = (np.arange(16, dtype=np.int64)[None, :] * 37 + 11) % int(model.config.vocab_size)  # (1, 16)
+    with torch.no_grad():
+        want = model(input_ids=torch.from_numpy(ids)).logits.numpy()
+    sess = session(plain)
+    feeds: dict[str, Any] = {}
+    for inp in sess.get_inputs():
+        if inp.name == "input_ids":
+            feeds[inp.name] = ids
+        elif inp.name == "attention_mask":
+            feeds[inp.name] = np.ones_like(ids)
+        elif inp.name == "position_ids":
+            feeds[inp.name] = np.arange(ids.shape[1], dtype=np.int64)[None]
+        elif inp.name.startswith("past_key_values"):
+            feeds[inp.name] = np.zeros((1, inp.shape[1], 0, inp.shape[3]), dtype=np.float32)
+    diff = max_abs(sess.run(["logits"], feeds)[0], want)
+    if not diff <= BASE_FP32_ATOL:
+        raise ExportError(f"the ONNX export of {path} differs from PyTorch by {diff:.3g} (> {BASE_FP32_ATOL:g}); "
+                          "nothing was written")
+    return {"inputs": "a fixed 16-token prompt", "max_abs_diff": diff, "tolerance": BASE_FP32_ATOL,
+            "checked_graph": "fp32 (the int8 graph is derived from it; its quality is measured by perplexity)"}
+
+
+def _save_padded_tokenizer(folder: Path) -> None:
+    """Give a tokenizer without a pad token the eos token as pad (as core's load_tokenizer does), so
+    batched encoding works in the runtime and the bench."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    if tokenizer.pad_token is None and (tokenizer.eos_token or tokenizer.unk_token):
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        tokenizer.save_pretrained(folder)
