@@ -304,13 +304,13 @@ def _head_linear(model: nn.Module) -> tuple[str, nn.Linear]:
 
 def build_fused_model(specs: list[AdapterSpec], router: Router | None, top_p: float, *, seed: int = 0) -> FusedModel:
     """Load the shared base once, stack every adapter into it and concatenate the heads."""
+    from transformers.utils import logging as hf_logging
+
     from dynalora.core.models import load_classifier
 
     if len(specs) > 1:  # a single adapter (K = 1) is the benchmarks' baseline
         check_compatible(specs)
     total = sum(len(s.label_names) for s in specs)
-    from transformers.utils import logging as hf_logging
-
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized classifier" warning: the heads are copied in below
     try:

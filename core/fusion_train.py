@@ -241,12 +241,14 @@ def train_multitask(specs: list[AdapterSpec], datas: list[TaskData], folder: Pat
             with open(files[split], "w", newline="", encoding="utf-8") as fh:
                 w = csv.writer(fh)
                 w.writerow(["text", "label"])
-                for s, d in zip(specs, datas, strict=True):
-                    for e in getattr(d, split):
-                        w.writerow([e.text, f"{s.name}|{s.label_names[int(e.label)]}"])
+                per_task = [[(e.text, f"{s.name}|{s.label_names[int(e.label)]}") for e in getattr(d, split)]
+                            for s, d in zip(specs, datas, strict=True)]
+                for i in range(max(len(rows) for rows in per_task)):  # interleaved: any prefix mixes the tasks
+                    w.writerows(rows[i] for rows in per_task if i < len(rows))
         cfg = TrainConfig.from_dict({**base.to_dict(), "task": None, "train_file": str(files["train"]),
                                      "eval_file": str(files["eval"]), "eval_size": None, "max_train": None,
-                                     "max_eval": None, "steps": steps, "out": str(folder / "multitask"),
+                                     "max_eval": 500,  # only its own end-of-training metric
+                                     "steps": steps, "out": str(folder / "multitask"),
                                      "max_length": max_length, "overwrite": False, "resume": False,
                                      "progress": False, "backend": "local", "workers": 1})
         result = train(cfg)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_run"]
+__all__ = ["__version__", "load_fusion", "load_run"]
 
 
 def load_run(path):  # noqa: ANN001, ANN201 - thin lazy re-export, see dynalora.core.run_io
@@ -19,3 +19,10 @@ def load_run(path):  # noqa: ANN001, ANN201 - thin lazy re-export, see dynalora.
     from dynalora.core.run_io import load_run as _load_run
 
     return _load_run(path)
+
+
+def load_fusion(path):  # noqa: ANN001, ANN201 - thin lazy re-export, see dynalora.core.fusion_train
+    """Load a fusion folder (`dynalora fuse train`): returns an object with ``.model`` and ``.tokenizer``."""
+    from dynalora.core.fusion_train import load_fusion as _load_fusion
+
+    return _load_fusion(path)

@@ -92,6 +92,9 @@ def test_stacked_layer_equals_per_adapter_sum(conv1d: bool) -> None:
         torch.testing.assert_close(stacked, want, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(looped, want, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(stacked[3], base(x)[3])  # all-zero weights: the base layer
+    single = FusedLoRALayer(base, a[2:], b[2:], FusionContext())  # K = 1, no weights: one plain adapter
+    x = torch.randn(2, 5, 10)
+    torch.testing.assert_close(single(x), base(x) + x @ a[2].T @ b[2].T, atol=1e-5, rtol=1e-5)
 
 
 # ---- top-p ------------------------------------------------------------------------------------------
@@ -206,12 +209,18 @@ def test_fusion_llama_oracle(runs: dict[str, Path], tmp_path: Path) -> None:
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_fuse_eval_cli(fuse_dir: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code, out, err = _cli(["fuse", "eval", str(fuse_dir), "--max-eval", "16", "--json", str(tmp_path / "e.json")], capsys)
+def test_fuse_cli_train_with_multitask_then_eval(runs: dict[str, Path], capsys: pytest.CaptureFixture[str],
+                                                 tmp_path: Path) -> None:
+    fuse = tmp_path / "fuse"
+    code, out, err = _cli(["fuse", "train", "--runs", str(runs["bert_sent"]), str(runs["bert_topic"]), "--out", str(fuse),
+                           "--router-epochs", "3", "--multitask-steps", "4"], capsys)
     assert code == 0, err
-    assert "| sent |" in out and "oracle" in out
+    assert "held-out task accuracy" in out and (fuse / "multitask" / "run.json").is_file()
+    code, out, err = _cli(["fuse", "eval", str(fuse), "--max-eval", "16", "--json", str(tmp_path / "e.json")], capsys)
+    assert code == 0, err
+    assert "| sent |" in out and "oracle" in out and "multitask" in out
     result = json.loads((tmp_path / "e.json").read_text())
-    assert set(result) == {"sent", "topic", "mean"} and 0.0 <= result["sent"]["router"] <= 1.0
+    assert set(result) == {"sent", "topic", "mean"} and 0.0 <= result["sent"]["multitask"] <= 1.0
 
 
 # ---- export + edge runtime -----------------------------------------------------------------------------
