@@ -156,7 +156,7 @@ PROFILES: dict[str, DeviceProfile] = {
             intra_op_threads=2, enable_cpu_mem_arena=False, allow_spinning=False),
         DeviceProfile("desktop-cpu", "laptop / server CPU: all physical cores, arena on", intra_op_threads=None),
         DeviceProfile(
-            "jetson-cuda", "NVIDIA Jetson with the CUDA EP; export with --precision fp16",
+            "jetson-cuda", "NVIDIA Jetson with the CUDA EP; export with --quantize fp16",
             provider="CUDAExecutionProvider", intra_op_threads=2, expected_precision="fp16",
             provider_options={"CUDAExecutionProvider": {
                 "device_id": "0",
