@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 BIN="$PWD/.venv/bin"
 export PATH="$BIN:$PATH" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 OUT="$(realpath -m "${DEMO_OUT:-demo_out}")"
-STEPS="${DEMO_STEPS:-300}"
+STEPS="${DEMO_STEPS:-200}"
 mkdir -p "$OUT"
 
 cluster_started=0
