@@ -328,6 +328,8 @@ def render(report: dict[str, Any]) -> str:
              f"average rank {RANK} on query/value (12 layers), seeds {a['seeds']}. "
              f"Machine: {env['cpu']} ({env['cores']} cores, {env['threads']} torch threads), torch {env['torch']}, "
              f"transformers {env['transformers']}, peft {env['peft']}; {env['date']}.", ""]
+    if a.get("note"):
+        lines += [f"Protocol as run: {a['note']}", ""]
     for task, e in report["tasks"].items():
         lines += [f"## {task}", "", f"Data: {e['data']}. Training uses {e['n_train_used']} examples (the last {e['n_val']} of the "
                   f"training split are the LR-sweep validation slice); metrics on the {e['n_eval']}-example evaluation split.", "",
