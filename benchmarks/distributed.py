@@ -202,7 +202,7 @@ def markdown(rec: dict[str, Any]) -> str:
         "on an already running `dynalora cluster up` cluster.",
         "",
         f"Rank allocations, 1 vs 2 workers, identical: {rec['allocations_equal_1_vs_2_workers']}. torchrun x2 and ray x2",
-        "are checked to be identical (worker digests at every reallocation). 1 vs 2 workers differ on MiniLM because",
+        "are checked to be identical (worker digests at every reallocation). 1 vs 2 workers differ on MiniLM, most likely because",
         "its dropout (p=0.1) draws different masks when the batch is split across workers, so the gradients, and",
         "with them the saliency scores, differ; the input statistics themselves are worker-count invariant (every",
         "4th token of each example). With dropout off, the torchrun parity test gets identical allocations.",
