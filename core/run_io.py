@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dynalora.core.atomic import atomic_dir, atomic_path, write_json
+from dynalora.core.atomic import atomic_dir, write_json
 from dynalora.core.config import TrainConfig
 from dynalora.core.errors import CheckpointError
 from dynalora.core.inject import HEAD_NAMES, adapter_layers, inject_adapters
@@ -243,12 +243,3 @@ def load_run(path: str | Path) -> LoadedRun:
     layers = load_adapter_into(model, path / "adapter")
     model.eval()
     return LoadedRun(path=path, config=config, info=info, model=model, tokenizer=tokenizer, layers=layers)
-
-
-def save_rng_state() -> torch.Tensor:
-    return torch.get_rng_state()
-
-
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
