@@ -199,16 +199,9 @@ def lm_quality(folders: dict[str, Path], n_texts: int) -> dict[str, Any]:
 
 
 def _lm_logits(sess: Any, ids: np.ndarray) -> np.ndarray:
-    feeds: dict[str, np.ndarray] = {}
-    for inp in sess.get_inputs():
-        if inp.name == "input_ids":
-            feeds[inp.name] = ids
-        elif inp.name == "attention_mask":
-            feeds[inp.name] = np.ones_like(ids)
-        elif inp.name == "position_ids":
-            feeds[inp.name] = np.arange(ids.shape[1], dtype=np.int64)[None]
-        elif inp.name.startswith("past_key_values"):
-            feeds[inp.name] = np.zeros((1, inp.shape[1], 0, inp.shape[3]), dtype=np.float32)
+    from dynalora.export.common import lm_feeds
+
+    feeds = lm_feeds(sess, ids)
     return sess.run(["logits"], feeds)[0]
 
 

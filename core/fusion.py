@@ -23,7 +23,6 @@ other task's columns set to -1e4, so argmax / softmax over it give that task's l
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from dynalora.core.run_io import _read_json
 from dynalora.core.errors import CheckpointError, DynaloraError
 from dynalora.core.inject import HEAD_NAMES
 from dynalora.core.layer import base_shape
@@ -144,15 +144,6 @@ class AdapterSpec:
     def head(self, head: str) -> dict[str, torch.Tensor]:
         prefix = f"{PEFT_PREFIX}{head}."
         return {k[len(prefix):]: v.float() for k, v in self.tensors.items() if k.startswith(prefix)}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is corrupt ({type(exc).__name__})") from None
 
 
 def read_adapter(run_dir: str | Path) -> AdapterSpec:

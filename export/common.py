@@ -191,3 +191,18 @@ def save_single_file(model: Any, path: Path) -> None:
     large = model.ByteSize() > 1_800_000_000
     onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
                     location=path.name + ".data" if large else None)
+
+
+def lm_feeds(sess: Any, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Feeds for one prefill of an optimum KV-cache decoder: ids, full mask, positions, empty past."""
+    feeds: dict[str, np.ndarray] = {}
+    for inp in sess.get_inputs():
+        if inp.name == "input_ids":
+            feeds[inp.name] = ids
+        elif inp.name == "attention_mask":
+            feeds[inp.name] = np.ones_like(ids)
+        elif inp.name == "position_ids":
+            feeds[inp.name] = np.arange(ids.shape[1], dtype=np.int64)[None]
+        elif inp.name.startswith("past_key_values"):
+            feeds[inp.name] = np.zeros((1, inp.shape[1], 0, inp.shape[3]), dtype=np.float32)
+    return feeds

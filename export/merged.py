@@ -32,6 +32,7 @@ from dynalora.export.common import (
     base_manifest,
     encode,
     eval_examples,
+    lm_feeds,
     load_run_checked,
     max_abs,
     median_ms,
@@ -282,16 +283,7 @@ def _verify_base(path: Path, plain: Path, task_kind: str) -> dict[str, Any]:
     with torch.no_grad():
         want = model(input_ids=torch.from_numpy(ids)).logits.numpy()
     sess = session(plain)
-    feeds: dict[str, Any] = {}
-    for inp in sess.get_inputs():
-        if inp.name == "input_ids":
-            feeds[inp.name] = ids
-        elif inp.name == "attention_mask":
-            feeds[inp.name] = np.ones_like(ids)
-        elif inp.name == "position_ids":
-            feeds[inp.name] = np.arange(ids.shape[1], dtype=np.int64)[None]
-        elif inp.name.startswith("past_key_values"):
-            feeds[inp.name] = np.zeros((1, inp.shape[1], 0, inp.shape[3]), dtype=np.float32)
+    feeds = lm_feeds(sess, ids)
     diff = max_abs(sess.run(["logits"], feeds)[0], want)
     if not diff <= BASE_FP32_ATOL:
         raise ExportError(f"the ONNX export of {path} differs from PyTorch by {diff:.3g} (> {BASE_FP32_ATOL:g}); "
