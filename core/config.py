@@ -122,6 +122,7 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     warmup_ratio: float = field(default=0.06, metadata={"help": "linear LR warm-up share of steps"})
     max_length: int = field(default=64, metadata={"help": "tokens per example (truncation)"})
+    objective: str = field(default="auto", metadata={"help": "auto | classifier | choice (score answer options by a causal LM's log-likelihood)"})
     seed: int = field(default=0, metadata={"help": "seed for init, data order and dropout"})
     eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0: only at the end)"})
     checkpoint_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: never)"})
@@ -167,6 +168,8 @@ class TrainConfig:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
         if self.max_length < 2:
             raise ConfigError(f"--max-length must be >= 2, got {self.max_length}")
+        if self.objective not in ("auto", "classifier", "choice"):
+            raise ConfigError(f"unknown objective {self.objective!r}: use auto, classifier or choice")
         if self.backend not in ("local", "torchrun", "ray"):
             raise ConfigError(f"unknown backend {self.backend!r}: use local, torchrun or ray")
         if self.workers < 1:

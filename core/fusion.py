@@ -40,6 +40,7 @@ from dynalora.core.layer import base_shape
 from dynalora.core.router import Router, check_p, sentence_features, top_p_weights
 
 PEFT_PREFIX = "base_model.model."
+FUSABLE = ("classification", "multiple_choice")
 MASKED_LOGIT = -1e4  # logits of tasks other than the top-1 in `logits`
 
 
@@ -130,6 +131,10 @@ class AdapterSpec:
     def label_names(self) -> list[str]:
         return list(self.info["task"]["label_names"])
 
+    @property
+    def problem(self) -> str:
+        return str(self.info["task"]["problem"])
+
     def factors(self, module: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(A (r, in), scaling * B (out, r)) of `module`; empty for a rank-0 layer."""
         r = self.ranks[module]
@@ -158,8 +163,9 @@ def read_adapter(run_dir: str | Path) -> AdapterSpec:
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path / 'adapter'} weights are corrupt or missing ({str(exc)[:80]})") from None
     task = info["task"]
-    if task.get("problem") != "classification":
-        raise FusionError(f"{path} is a {task.get('problem')} run: fusion supports classification runs only")
+    if task.get("problem") not in FUSABLE:
+        raise FusionError(f"{path} is a {task.get('problem')} run: fusion supports classification and multiple-choice "
+                          "runs only")
     mode = str(dyn.get("input_adaptive", "layer"))
     if mode == "per-example":
         raise FusionError(f"{path} is a per-example input-adaptive run: its gate depends on the input, so it cannot "
@@ -180,6 +186,9 @@ def check_compatible(specs: list[AdapterSpec]) -> None:
                 f"{first.path} and {s.path} were trained on different base models ({first.info.get('model_type')} "
                 f"{first.info.get('base_model')} vs {s.info.get('model_type')} {s.info.get('base_model')}): "
                 "fuse only adapters of one base model")
+        if s.problem != first.problem:
+            raise FusionError(f"{first.path} is a {first.problem} run and {s.path} a {s.problem} run: fuse runs of one "
+                              "kind (classifier heads or causal-LM multiple choice)")
         if set(s.ranks) != set(first.ranks):
             only = sorted(set(s.ranks) ^ set(first.ranks))[:3]
             raise FusionError(f"{first.path} and {s.path} adapt different target modules (e.g. {', '.join(only)}): "
@@ -214,6 +223,7 @@ class FusedModel(nn.Module):
         self.label_slices = [(sum(sizes[:k]), sum(sizes[: k + 1])) for k in range(len(sizes))]
         owner = torch.cat([torch.full((c,), k, dtype=torch.long) for k, c in enumerate(sizes)])
         self.register_buffer("label_owner", owner, persistent=False)  # (sum C,) task of each output column
+        self.problem = "classification" if sum(sizes) else "multiple_choice"  # multiple choice: no heads
 
     @property
     def num_tasks(self) -> int:
@@ -234,6 +244,8 @@ class FusedModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, fusion_weights: torch.Tensor | None = None) -> FusedOutput:
         """Route (unless `fusion_weights` (B, K) is given: e.g. one-hot = the oracle adapter) and run."""
+        if self.problem == "multiple_choice":
+            raise FusionError("this fusion scores answer options with a causal LM: call score_choices(...)")
         single = fusion_weights is None and self.router is None and self.num_tasks == 1
         if single:  # one plain adapter, no router: the benchmarks' baseline
             probs = weights = torch.ones(input_ids.shape[0], 1)
@@ -261,7 +273,42 @@ class FusedModel(nn.Module):
         logits = all_logits.masked_fill(~selected, MASKED_LOGIT)
         return FusedOutput(logits=logits, all_logits=all_logits, router_probs=probs, fusion_weights=weights)
 
+    def _weights(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 fusion_weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if fusion_weights is None:
+            probs = self.route(input_ids, attention_mask)
+            return probs, top_p_weights(probs, self.top_p)
+        if fusion_weights.shape != (input_ids.shape[0], self.num_tasks):
+            raise FusionError(f"fusion_weights must be (batch, {self.num_tasks}) for tasks {self.task_names}, got "
+                              f"{tuple(fusion_weights.shape)}: a router routes only to the adapters it was trained with")
+        w = fusion_weights.to(torch.float32)
+        return w, w
+
+    def score_choices(self, choices: dict[str, torch.Tensor], route_ids: torch.Tensor,
+                      route_mask: torch.Tensor | None = None, fusion_weights: torch.Tensor | None = None) -> FusedOutput:
+        """Multiple choice (core/choice.py): route each example on its input text, then score all its options.
+
+        `choices` is encode_choices(...) of the examples; route_ids / route_mask their input texts. Every
+        option row of example b runs with example b's fusion weights, so one batch mixes tasks freely.
+        `logits` and `all_logits` are the (B, C) option scores.
+        """
+        from dynalora.core.choice import ChoiceScorer
+
+        single = fusion_weights is None and self.router is None and self.num_tasks == 1
+        if single:  # one plain adapter, no router: the benchmarks' baseline
+            probs = weights = torch.ones(route_ids.shape[0], 1)
+        else:
+            probs, weights = self._weights(route_ids, route_mask, fusion_weights)
+        self.context.weights = None if single else weights.index_select(0, choices["row_example"])  # (rows, K)
+        try:
+            out = ChoiceScorer(self.model)(**{k: v for k, v in choices.items() if k != "labels"})
+        finally:
+            self.context.weights = None
+        return FusedOutput(logits=out.logits, all_logits=out.logits, router_probs=probs, fusion_weights=weights)
+
     def task_logits(self, out: FusedOutput, task: int) -> torch.Tensor:
+        if self.problem == "multiple_choice":
+            return out.logits
         lo, hi = self.label_slices[task]
         return out.all_logits[:, lo:hi]
 
@@ -297,15 +344,16 @@ def build_fused_model(specs: list[AdapterSpec], router: Router | None, top_p: fl
     """Load the shared base once, stack every adapter into it and concatenate the heads."""
     from transformers.utils import logging as hf_logging
 
-    from dynalora.core.models import load_classifier
+    from dynalora.core.models import load_task_model
 
     if len(specs) > 1:  # a single adapter (K = 1) is the benchmarks' baseline
         check_compatible(specs)
+    choice = specs[0].problem == "multiple_choice"
     total = sum(len(s.label_names) for s in specs)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized classifier" warning: the heads are copied in below
     try:
-        model = load_classifier(str(specs[0].info["base_model"]), total, "classification", seed=seed)
+        model = load_task_model(str(specs[0].info["base_model"]), total, specs[0].problem, seed=seed)
     except DynaloraError as exc:
         raise FusionError(f"cannot load the base model of {specs[0].path}: {exc}") from None
     finally:
@@ -322,6 +370,10 @@ def build_fused_model(specs: list[AdapterSpec], router: Router | None, top_p: fl
             a.append(ak if ak.numel() else torch.zeros(0, in_f))
             b.append(bk if bk.numel() else torch.zeros(out_f, 0))
         setattr(parent, leaf, FusedLoRALayer(base, a, b, context, name=module))
+    if choice:  # causal-LM multiple choice: no task heads, the LM head scores the options
+        for prm in model.parameters():
+            prm.requires_grad_(False)
+        return FusedModel(model.eval(), context, router, top_p, [s.name for s in specs], [[] for _ in specs]).eval()
     head_name, head = _head_linear(model)
     with torch.no_grad():
         parts = [s.head(head_name) for s in specs]

@@ -18,6 +18,7 @@ Everything is checked before anything is written; the folder appears complete or
 from __future__ import annotations
 
 import csv
+import json
 import random
 import re
 import shutil
@@ -228,23 +229,44 @@ def _read_yaml_max_length(path: Path) -> int:
     return TrainConfig.from_yaml(path / "config.yaml").max_length
 
 
+def _write_multitask_files(specs: list[AdapterSpec], datas: list[TaskData], folder: Path) -> dict[str, Path]:
+    """train/eval files of the union of the tasks, interleaved (any prefix mixes the tasks).
+
+    Classification: CSV, label "task|label" (one joint head). Multiple choice: JSONL whose text is each
+    task's full prompt (core/choice.py) and whose choices are the example's own options.
+    """
+    from dynalora.core.choice import prompt_text
+
+    choice = specs[0].problem == "multiple_choice"
+    files = {}
+    for split in ("train", "eval"):
+        files[split] = folder / f"{split}.{'jsonl' if choice else 'csv'}"
+        if choice:
+            per_task = [[{"text": prompt_text(d.spec, e), "choices": list(e.choices or ()), "label": int(e.label)}
+                         for e in getattr(d, split)] for d in datas]
+        else:
+            per_task = [[(e.text, f"{s.name}|{s.label_names[int(e.label)]}") for e in getattr(d, split)]
+                        for s, d in zip(specs, datas, strict=True)]
+        rows = [r[i] for i in range(max(len(r) for r in per_task)) for r in per_task if i < len(r)]
+        with open(files[split], "w", newline="", encoding="utf-8") as fh:
+            if choice:
+                fh.writelines(json.dumps(r) + "\n" for r in rows)
+            else:
+                w = csv.writer(fh)
+                w.writerow(["text", "label"])
+                w.writerows(rows)
+    return files
+
+
 def train_multitask(specs: list[AdapterSpec], datas: list[TaskData], folder: Path, steps: int, max_length: int) -> dict:
-    """One adapter + one joint head ("task|label" classes) trained on every task's training split."""
+    """One adapter trained on every task's training split: with a joint head ("task|label" classes) for
+    classification; as one multiple-choice task (each task's own prompt format) for causal-LM runs."""
     from dynalora.core.config import TrainConfig
     from dynalora.core.train import train
 
     base = TrainConfig.from_yaml(specs[0].path / "config.yaml")
     with tempfile.TemporaryDirectory(prefix="dynalora-multitask-") as tmpdir:
-        files = {}
-        for split in ("train", "eval"):
-            files[split] = Path(tmpdir) / f"{split}.csv"
-            with open(files[split], "w", newline="", encoding="utf-8") as fh:
-                w = csv.writer(fh)
-                w.writerow(["text", "label"])
-                per_task = [[(e.text, f"{s.name}|{s.label_names[int(e.label)]}") for e in getattr(d, split)]
-                            for s, d in zip(specs, datas, strict=True)]
-                for i in range(max(len(rows) for rows in per_task)):  # interleaved: any prefix mixes the tasks
-                    w.writerows(rows[i] for rows in per_task if i < len(rows))
+        files = _write_multitask_files(specs, datas, Path(tmpdir))
         cfg = TrainConfig.from_dict({**base.to_dict(), "task": None, "train_file": str(files["train"]),
                                      "eval_file": str(files["eval"]), "eval_size": None, "max_train": None,
                                      "max_eval": 500,  # only its own end-of-training metric
@@ -253,7 +275,8 @@ def train_multitask(specs: list[AdapterSpec], datas: list[TaskData], folder: Pat
                                      "progress": False, "backend": "local", "workers": 1})
         result = train(cfg)
     return {"folder": "multitask", "steps": steps, "metrics": result.metrics,
-            "recipe": f"LoRA/dynamic settings of {specs[0].path.name}, all tasks' training splits, joint head"}
+            "recipe": f"LoRA/dynamic settings of {specs[0].path.name}, all tasks' training splits, "
+                      + ("one multiple-choice task" if specs[0].problem == "multiple_choice" else "joint head")}
 
 
 def load_fusion(path: str | Path) -> LoadedFusion:
@@ -287,6 +310,8 @@ def evaluate_fusion(fusion: LoadedFusion, max_eval: int | None = 500, batch: int
     model, tok, ml = fusion.model, fusion.tokenizer, fusion.max_length
     multitask = _load_multitask(fusion)
     specs = fusion.specs
+    if model.problem == "multiple_choice":
+        return _evaluate_choice(fusion, multitask, max_eval, max(1, batch // 4), extra_p)
     results: dict[str, Any] = {}
     for k, s in enumerate(specs):
         examples = task_data(s).eval[:max_eval]
@@ -343,3 +368,53 @@ def _multitask_pred(run: Any, enc: dict[str, torch.Tensor], spec: AdapterSpec) -
     cols = [names.index(f"{spec.name}|{label}") for label in spec.label_names]
     logits = run.model(**enc).logits[:, cols]
     return logits.argmax(-1)
+
+
+def _evaluate_choice(fusion: LoadedFusion, multitask: Any, max_eval: int | None, batch: int,
+                     extra_p: tuple[float, ...]) -> dict[str, Any]:
+    """evaluate_fusion for causal-LM multiple-choice fusions: each variant scores every option."""
+    from dynalora.core.choice import ChoiceScorer, encode_choices, prompt_text
+
+    model, tok, ml = fusion.model, fusion.tokenizer, fusion.max_length
+    results: dict[str, Any] = {}
+    for k, s in enumerate(fusion.specs):
+        data = task_data(s)
+        examples = data.eval[:max_eval]
+        counts: dict[str, float] = {}
+        for i in range(0, len(examples), batch):
+            chunk = examples[i : i + batch]
+            choices = encode_choices(tok, data.spec, chunk, ml)
+            route = encode_texts(tok, chunk, ml)
+            y = choices["labels"]
+            onehot = torch.zeros(len(chunk), len(fusion.specs))
+            onehot[:, k] = 1.0
+            routed = model.score_choices(choices, route["input_ids"], route.get("attention_mask"))
+            variants = {"fused": routed,
+                        "oracle": model.score_choices(choices, route["input_ids"], route.get("attention_mask"), onehot),
+                        "base": model.score_choices(choices, route["input_ids"], route.get("attention_mask"),
+                                                    torch.zeros_like(onehot))}
+            for p in extra_p:
+                variants[f"fused_p{p:g}"] = model.score_choices(choices, route["input_ids"], route.get("attention_mask"),
+                                                                _top_p(routed.router_probs, p))
+            _add(counts, "router", routed.router_probs.argmax(-1) == k)
+            for name, out in variants.items():
+                _add(counts, name, out.logits.argmax(-1) == y)
+            _add(counts, "mean_kept_adapters", (routed.fusion_weights > 0).float().sum(-1))
+            if multitask is not None:  # the multi-task run was trained on full prompts (its file's text)
+                from dynalora.core.data import Example
+
+                full = [Example(prompt_text(data.spec, e), None, e.label, e.choices) for e in chunk]
+                enc = encode_choices(multitask.tokenizer, _plain_prompt(data.spec), full, ml)
+                out = ChoiceScorer(multitask.model)(**enc)
+                _add(counts, "multitask", out.logits.argmax(-1) == y)
+        n = len(examples)
+        results[s.name] = {"n": n, **{name: v / n for name, v in counts.items()}, "data": "held-out evaluation split"}
+    keys = [k for k in next(iter(results.values())) if k not in ("n", "data")]
+    results["mean"] = {key: sum(r[key] for r in results.values()) / len(fusion.specs) for key in keys}
+    return results
+
+
+def _plain_prompt(spec: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(spec, prompt=("", ""))

@@ -175,6 +175,46 @@ def load_classifier(
     return model
 
 
+# encoder families: AutoModelForCausalLM would load them as decoders with a new LM head, which is not a causal LM
+ENCODER_FAMILIES = frozenset({"bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta", "deberta-v2",
+                              "albert", "camembert", "mpnet", "ernie", "modernbert"})
+
+
+def load_causal_lm(name_or_path: str, *, cache_dir: str | None = None, seed: int = 0) -> torch.nn.Module:
+    """A pretrained causal LM (multiple-choice scoring, core/choice.py); refuses encoder-only models.
+
+    A checkpoint without LM-head weights (e.g. a saved classifier) gets a head initialised from `seed`."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model_path(name_or_path, cache_dir=cache_dir)
+    local = os.path.isdir(path)
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=local)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read a model config from {path}: {exc}".splitlines()[0]) from exc
+    if config.model_type in ENCODER_FAMILIES or getattr(config, "is_encoder_decoder", False):
+        raise ConfigError(f"{name_or_path} is a {config.model_type} model, not a causal LM: multiple-choice scoring by "
+                          "option log-likelihood needs one (e.g. --model smollm2-135m); an encoder needs a task with "
+                          "fixed labels and --objective classifier")
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=local, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load a causal LM from {path}: {exc}".splitlines()[0]) from exc
+    tokenizer = load_tokenizer(path)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def load_task_model(name_or_path: str, num_labels: int, problem: str, *, seed: int = 0) -> torch.nn.Module:
+    """The model a task trains: a causal LM for multiple choice, else a sequence classifier."""
+    if problem == "multiple_choice":
+        return load_causal_lm(name_or_path, seed=seed)
+    return load_classifier(name_or_path, num_labels, problem, seed=seed)
+
+
 def model_family(model: torch.nn.Module) -> str:
     """The config's model_type: "bert", "llama", "qwen2", "gpt2", or whatever else it is."""
     config = getattr(model, "config", None)

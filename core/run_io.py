@@ -68,7 +68,7 @@ def save_adapter(model: nn.Module, folder: Path, *, base_model: str, extra: dict
     r0 = max(ranks.values()) if ranks else 1
     config = {
         "peft_type": "LORA",
-        "task_type": "SEQ_CLS",
+        "task_type": "CAUSAL_LM" if extra.get("problem") == "multiple_choice" else "SEQ_CLS",
         "base_model_name_or_path": base_model,
         "r": r0,
         "lora_alpha": scaling * r0,
@@ -216,7 +216,7 @@ def is_run_dir(path: Path) -> bool:
 
 def load_run(path: str | Path) -> LoadedRun:
     """Restore a finished run: base model + adapters exactly as trained (all modes)."""
-    from dynalora.core.models import load_classifier, load_tokenizer
+    from dynalora.core.models import load_task_model, load_tokenizer
 
     path = Path(path)
     if not is_run_dir(path):
@@ -237,7 +237,7 @@ def load_run(path: str | Path) -> LoadedRun:
         tokenizer.padding_side = "right"
     else:
         tokenizer = load_tokenizer(info["base_model"])
-    model = load_classifier(info["base_model"], task["num_labels"], task["problem"], seed=config.seed)
+    model = load_task_model(info["base_model"], task["num_labels"], task["problem"], seed=config.seed)
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     layers = load_adapter_into(model, path / "adapter")

@@ -32,11 +32,12 @@ from dynalora import __version__
 from dynalora.core.atomic import append_line, write_json, write_text
 from dynalora.core.config import TrainConfig
 from dynalora.core.controller import Collective, LocalCollective, RankController
-from dynalora.core.data import Example, TaskData, load_task
+from dynalora.core.choice import ChoiceScorer, encode_choices
+from dynalora.core.data import MULTIPLE_CHOICE, Example, TaskData, TaskSpec, for_objective, load_task
 from dynalora.core.errors import CheckpointError, ConfigError
 from dynalora.core.inject import adapter_layers, inject_adapters
 from dynalora.core.metrics import compute_metrics
-from dynalora.core.models import load_classifier, load_tokenizer, resolve_model_path
+from dynalora.core.models import load_task_model, load_tokenizer, resolve_model_path
 from dynalora.core.run_io import list_checkpoints, load_checkpoint, save_adapter, save_checkpoint
 
 
@@ -82,7 +83,7 @@ def load_data(cfg: TrainConfig) -> TaskData:
     eval_size: int | float | None = cfg.eval_size
     if eval_size is not None and eval_size >= 1:
         eval_size = int(eval_size)
-    return load_task(
+    data = load_task(
         cfg.task,
         data_dir=cfg.data_dir,
         train_file=cfg.train_file,
@@ -92,6 +93,7 @@ def load_data(cfg: TrainConfig) -> TaskData:
         max_train=cfg.max_train,
         max_eval=cfg.max_eval,
     )
+    return for_objective(data, cfg.objective)
 
 
 def total_steps(cfg: TrainConfig, n_train: int) -> int:
@@ -116,7 +118,7 @@ def build_model(
 ) -> tuple[nn.Module, Any, RankController, str]:
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path)
-    model = load_classifier(model_path, data.spec.num_labels, data.spec.problem, seed=cfg.seed)
+    model = load_task_model(model_path, data.spec.num_labels, data.spec.problem, seed=cfg.seed)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(cfg.seed)  # adapter init is seeded independently of the model load
@@ -162,17 +164,32 @@ def encode(tokenizer: Any, examples: list[Example], max_length: int, problem: st
     return dict(enc)
 
 
+def encode_batch(tokenizer: Any, spec: TaskSpec, examples: list[Example], max_length: int) -> dict[str, torch.Tensor]:
+    """Model inputs + labels for any task: option rows for multiple choice (core/choice.py), else `encode`."""
+    if spec.problem == MULTIPLE_CHOICE:
+        return encode_choices(tokenizer, spec, examples, max_length)
+    return encode(tokenizer, examples, max_length, spec.problem)
+
+
+def task_module(model: nn.Module, spec: TaskSpec) -> nn.Module:
+    """The module whose forward(**encode_batch(...)) gives .logits and .loss: the model, or its option scorer."""
+    return ChoiceScorer(model) if spec.problem == MULTIPLE_CHOICE else model
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, tokenizer: Any, data: TaskData, cfg: TrainConfig, batch_size: int = 64) -> dict[str, float]:
     was_training = model.training
     model.eval()
     preds, labels = [], []
+    forward = task_module(model, data.spec)
+    if data.spec.problem == MULTIPLE_CHOICE:
+        batch_size = max(1, batch_size // max(1, data.spec.num_choices))  # rows = examples x options
     for i in range(0, len(data.eval), batch_size):
         chunk = data.eval[i : i + batch_size]
-        batch = encode(tokenizer, chunk, cfg.max_length, data.spec.problem)
+        batch = encode_batch(tokenizer, data.spec, chunk, cfg.max_length)
         y = batch.pop("labels")
         device = next(model.parameters()).device
-        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.cpu()
+        logits = forward(**{k: v.to(device) for k, v in batch.items()}).logits.cpu()
         preds.append(logits.squeeze(-1) if data.spec.problem == "regression" else logits.argmax(-1))
         labels.append(y)
     model.train(was_training)
@@ -180,7 +197,8 @@ def evaluate(model: nn.Module, tokenizer: Any, data: TaskData, cfg: TrainConfig,
     t = torch.cat(labels).float().numpy()
     if data.spec.problem != "regression":
         p, t = p.astype(np.int64), t.astype(np.int64)
-    return compute_metrics(data.spec.problem, p, t, data.spec.num_labels)
+    problem = "classification" if data.spec.problem == MULTIPLE_CHOICE else data.spec.problem  # metrics of the picked option
+    return compute_metrics(problem, p, t, data.spec.num_labels)
 
 
 # ---- state for checkpoints ----------------------------------------------------------------------
@@ -298,7 +316,8 @@ def train(cfg: TrainConfig, collective: Collective | None = None, hooks: TrainHo
     elif not cfg.resume:
         collective.gather(controller.digest())
 
-    train_model = hooks.wrap_model(model) if hooks.wrap_model else model
+    forward_module = task_module(model, data.spec)
+    train_model = hooks.wrap_model(forward_module) if hooks.wrap_model else forward_module
     train_model.train()
     bar = None
     if is_main and cfg.progress:
@@ -313,7 +332,7 @@ def train(cfg: TrainConfig, collective: Collective | None = None, hooks: TrainHo
         mine = idx[collective.rank * micro * cfg.grad_accum : (collective.rank + 1) * micro * cfg.grad_accum]
         step_loss = 0.0
         for m in range(cfg.grad_accum):
-            batch = encode(tokenizer, [data.train[i] for i in mine[m * micro : (m + 1) * micro]], cfg.max_length, data.spec.problem)
+            batch = encode_batch(tokenizer, data.spec, [data.train[i] for i in mine[m * micro : (m + 1) * micro]], cfg.max_length)
             sync = m == cfg.grad_accum - 1
             ctx = train_model.no_sync() if (not sync and hasattr(train_model, "no_sync")) else _nullcontext()
             with ctx:
@@ -392,6 +411,7 @@ def finish_run(
         "example_gamma": cfg.dynamic.example_gamma,
         "example_min_frac": cfg.dynamic.example_min_frac,
         "reallocate": cfg.dynamic.reallocate,
+        "problem": data.spec.problem,
     }
     save_adapter(model, out / "adapter", base_model=model_path, extra=extra)
     tok_tmp = out / ".tokenizer.tmp"
@@ -406,7 +426,8 @@ def finish_run(
             "dynalora_version": __version__,
             "base_model": model_path,
             "model_type": getattr(model.config, "model_type", ""),
-            "task": {"name": spec.name, "problem": spec.problem, "label_names": list(spec.label_names), "num_labels": spec.num_labels, "has_pair": spec.has_pair},
+            "task": {"name": spec.name, "problem": spec.problem, "label_names": list(spec.label_names), "num_labels": spec.num_labels, "has_pair": spec.has_pair,
+                     **({"prompt": list(spec.prompt)} if spec.problem == MULTIPLE_CHOICE else {})},
             "data": data.source,
             "n_train": len(data.train),
             "n_eval": len(data.eval),

@@ -76,6 +76,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
             data[key] = value
     if args.static:
         data.setdefault("dynamic", {}).update(reallocate=False, input_adaptive="off")
+    if data.get("train_file") and "task" not in data:
+        data["task"] = None  # own files: the task is named after the file, labels are not checked against a built-in
+
     return TrainConfig.from_dict(data)
 
 

@@ -250,6 +250,10 @@ def export_adapters(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.Pa
         raise ExportError("--runs needs at least one run folder")
     out = refuse_existing(out, overwrite)
     runs = [load_run_checked(d) for d in run_dirs]
+    for run in runs:
+        if run.info["task"]["problem"] == "multiple_choice":
+            raise ExportError(f"{run.path} is a causal-LM multiple-choice run: `export adapters` builds classifier graphs "
+                              "with swappable adapters; export it with `dynalora export merged --run RUN`")
     _check_compatible(runs)
     names = _adapter_names(runs)
     ranks: dict[str, int] = {}

@@ -118,6 +118,11 @@ def export_merged(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
         raise ExportError(f"--quantize must be int8 or fp16, got {quantize!r}")
     out = refuse_existing(out, overwrite)
     run = load_run_checked(run_dir)
+    if run.info["task"]["problem"] == "multiple_choice":
+        return _export_merged_lm(run, out, quantize, opset, overwrite)
+    if quantize == "int8" and run.info["task"]["problem"] != "classification":  # refuse before any export work
+        raise ExportError("int8 export is only verified for classification runs (accuracy is the check); "
+                          f"export this {run.info['task']['problem']} run with fp32")
     examples = eval_examples(run)
     max_length = int(run.config.max_length)
     input_names = list(run.tokenizer.model_input_names)
@@ -213,12 +218,30 @@ def _fp16(src: Path, work: Path, feeds: dict, reference: Any, verification: dict
     return dst, "fp16"
 
 
+def _export_merged_lm(run: Any, out: Path, quantize: str | None, opset: int | None, overwrite: bool) -> dict[str, Any]:
+    """A multiple-choice run is a causal-LM adapter: merge it and export the LM as text generation with
+    KV cache (the option scores are the LM's log-probabilities; the runtime's generate() runs it)."""
+    import tempfile
+
+    from dynalora.export.merge import merged_model
+
+    if quantize == "fp16":
+        raise ExportError("fp16 is not offered for causal-LM exports; use fp32 or --quantize int8")
+    merged = merged_model(run)  # checked against the adapted model
+    with tempfile.TemporaryDirectory(prefix="dynalora-merged-lm-") as tmpdir:
+        merged.save_pretrained(tmpdir, safe_serialization=True)
+        run.tokenizer.save_pretrained(tmpdir)
+        return export_base(tmpdir, out, quantize=quantize, opset=opset, overwrite=overwrite,
+                           merged_from=(run.path, run.info))
+
+
 def export_base(model: str, out: str | os.PathLike[str], *, task_kind: str = "text-generation-with-past",
                 quantize: str | None = None, opset: int | None = None, overwrite: bool = False,
-                with_torch: bool = True) -> dict[str, Any]:
+                with_torch: bool = True, merged_from: tuple[Path, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Export a plain base model (no run), e.g. a causal LM with its KV cache for decode benchmarks.
 
     with_torch: copy the HF weights into EXPORT/torch/ so `dynalora bench --compare-torch` can run them.
+    merged_from: (run folder, run.json) when `model` is a run's merged causal LM (`export merged`).
     """
     from dynalora.core.errors import DynaloraError
     from dynalora.core.models import resolve_model_path
@@ -265,6 +288,11 @@ def export_base(model: str, out: str | os.PathLike[str], *, task_kind: str = "te
             outputs=[o.name for o in sess.get_outputs()], opset=opset_of(tmp / "model.onnx"),
             precision=precision, max_length=None, source_runs=[])
         manifest["base_model"] = str(path)
+        if merged_from is not None:
+            run_path, info = merged_from
+            manifest.update(kind="merged", source_runs=[str(Path(run_path).resolve())], base_model=info["base_model"],
+                            source_task={k: info["task"].get(k) for k in ("name", "problem", "prompt")},
+                            run_metrics=info.get("metrics", {}))
         manifest["verification"] = verification
         written = write_export_manifest(tmp, manifest)
     return written

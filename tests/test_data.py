@@ -353,10 +353,15 @@ def test_bigbench_fixed_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert load_task("bigbench:toy_intents", eval_size=5).eval == data.eval
 
 
-def test_bigbench_varying_options_rejected(tmp_path: Path) -> None:
+def test_bigbench_varying_options_are_multiple_choice(tmp_path: Path) -> None:
     root = _bigbench(tmp_path, [{"input": "q1", "target_scores": {"a": 1, "b": 0}},
-                                {"input": "q2", "target_scores": {"c": 1, "d": 0}}])
-    with pytest.raises(DataError, match="not a fixed-label task"):
-        load_task("bigbench:toy_intents", data_dir=str(root))
+                                {"input": "q2", "target_scores": {"c": 0, "d": 1}},
+                                {"input": "q3", "target_scores": {"e": 1}}])  # one option: cannot be scored, skipped
+    data = load_task("bigbench:toy_intents", data_dir=str(root), eval_size=1)
+    assert data.spec.problem == "multiple_choice" and data.spec.label_names == ()
+    assert sorted((e.text, e.choices, e.label) for e in data.train + data.eval) == [("q1", ("a", "b"), 0), ("q2", ("c", "d"), 1)]
     with pytest.raises(DataError, match="missing BIG-bench task file"):
         load_task("bigbench:other", data_dir=str(root))
+    bad = _bigbench(tmp_path / "bad", [{"input": "q1"}])
+    with pytest.raises(DataError, match="no scored answer options"):
+        load_task("bigbench:toy_intents", data_dir=str(bad))

@@ -1,0 +1,95 @@
+"""BIG-bench JSON tasks (`bigbench:<task>`) from the `benchmark_tasks` folder of the bigbench sdist.
+
+    load_task("bigbench:intent_recognition", data_dir=".../bigbench/benchmark_tasks")
+    load_task("bigbench:social_iqa")            # DYNALORA_BIGBENCH_DIR=.../benchmark_tasks
+
+A task whose examples all share one `target_scores` key set is a fixed-label classification task (the
+keys, sorted, are the labels). A task whose options differ per example (social_iqa, goal_step_wikihow)
+is multiple choice: each example keeps its own options, in file order, and needs a causal LM that scores
+them (`--objective choice`, core/choice.py). The right answer is the option with the highest score.
+
+A task folder without a task.json of its own but with subtask folders (goal_step_wikihow:
+goal_inference, step_inference, step_ordering) is the union of its subtasks; `bigbench:<task>/<subtask>`
+names one.
+
+Prompt format (multiple choice): BIG-bench's own fields. prefix = task_prefix + example_input_prefix
+(default "Q: "), suffix = example_output_prefix (default "\\nA:"), each option scored as " " + option.
+Examples keep the raw input as their text, so a router reads the input, not a constant task prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from dynalora.core.data import CLASSIFICATION, MULTIPLE_CHOICE, Example, TaskData, TaskSpec, _seeded_split
+from dynalora.core.errors import DataError
+
+_DEFAULT_EVAL_FRACTION = 0.2
+_INPUT_PREFIX = "\nQ: "  # BIG-bench's JSON-task defaults
+_OUTPUT_PREFIX = "\nA: "
+
+
+def _read(path: Path, name: str) -> dict[str, Any]:
+    try:
+        task = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON ({exc.msg})") from None
+    examples = task.get("examples") if isinstance(task, dict) else None
+    if not examples or not all(isinstance(e, dict) and isinstance(e.get("target_scores"), dict) and e["target_scores"]
+                               and "input" in e for e in examples):
+        raise DataError(f"{path}: bigbench:{name} has no scored answer options (examples need input and target_scores)")
+    return task
+
+
+def _task_files(root: Path, name: str) -> list[Path]:
+    folder = root / name
+    subtasks = sorted(folder.glob("*/task.json")) if folder.is_dir() else []
+    if (folder / "task.json").is_file() and not (subtasks and '"examples"' not in (folder / "task.json").read_text(encoding="utf-8")):
+        return [folder / "task.json"]  # a task of its own (a parent task.json without examples lists subtasks)
+    if not subtasks:
+        raise DataError(f"missing BIG-bench task file {folder / 'task.json'}")
+    return subtasks
+
+
+def _prompt(task: dict[str, Any]) -> tuple[str, str]:
+    prefix = str(task.get("task_prefix", "")) + str(task.get("example_input_prefix", _INPUT_PREFIX))
+    return prefix.lstrip("\n"), str(task.get("example_output_prefix", _OUTPUT_PREFIX)).rstrip()
+
+
+def load_bigbench(name: str, data_dir: str | None, seed: int, eval_size: int | float | None) -> TaskData:
+    root_s = data_dir or os.environ.get("DYNALORA_BIGBENCH_DIR")
+    if not root_s:
+        raise DataError(f"bigbench:{name} needs --data-dir (or DYNALORA_BIGBENCH_DIR) = the benchmark_tasks folder")
+    files = _task_files(Path(root_s).expanduser(), name)
+    tasks = [_read(f, name) for f in files]
+    prompts = {_prompt(t) for t in tasks}
+    if len(prompts) != 1:
+        raise DataError(f"bigbench:{name}: its subtasks use different prompt formats; name one subtask "
+                        f"(bigbench:{name}/<subtask>)")
+    raw = [e for t in tasks for e in t["examples"]]
+    key_sets = {frozenset(e["target_scores"]) for e in raw}
+    where = files[0] if len(files) == 1 else files[0].parent.parent
+    if len(key_sets) == 1:  # fixed labels: a classification task
+        names = tuple(sorted(next(iter(key_sets))))
+        examples = [Example(str(e["input"]).strip(), None, max(range(len(names)), key=lambda k, s=e["target_scores"]: s[names[k]]))
+                    for e in raw]
+        spec = TaskSpec(f"bigbench:{name}", CLASSIFICATION, names, False, prompt=next(iter(prompts)))
+    else:
+        examples = []
+        for e in raw:
+            scores = e["target_scores"]
+            choices = tuple(str(c).strip() for c in scores)
+            if len(choices) < 2 or len(set(choices)) != len(choices):
+                continue  # a malformed example (one option, or the same option twice) cannot be scored
+            best = max(range(len(choices)), key=lambda k, v=list(scores.values()): v[k])
+            examples.append(Example(str(e["input"]).strip(), None, best, choices))
+        if not examples:
+            raise DataError(f"{where}: bigbench:{name} has no example with at least 2 distinct options")
+        spec = TaskSpec(f"bigbench:{name}", MULTIPLE_CHOICE, (), False,
+                        num_choices=max(len(e.choices or ()) for e in examples), prompt=next(iter(prompts)))
+    train, evals, note = _seeded_split(examples, seed, eval_size, _DEFAULT_EVAL_FRACTION)
+    kind = "multiple choice" if spec.problem == MULTIPLE_CHOICE else f"{len(spec.label_names)} fixed labels"
+    return TaskData(spec, train, evals, f"BIG-bench {name} from {where} ({kind}), {note}")
