@@ -448,6 +448,8 @@ def main() -> None:
     parser.add_argument("--causal-rounds", type=int, default=0,
                         help="also time SmolLM2-135M with random adapters in PyTorch (rounds; 0 = skip, ~20 s a round here)")
     parser.add_argument("--no-multitask", action="store_true", help="skip the one-adapter-for-all baseline")
+    parser.add_argument("--no-latency", action="store_true",
+                        help="stop after the accuracy stages (timing wants a quiet machine; rerun without it later)")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -457,13 +459,17 @@ def main() -> None:
     fuse = train_fuse(work, train_runs(work))
     fusion = load_fusion(fuse)
     features = cached(work, "router_features", lambda: feature_study(fusion))
-    lat = cached(work, "latency", lambda: latency(fusion, work, args.rounds, (1, 8)))
-    causal = cached(work, "causal_latency", lambda: causal_latency(args.causal_rounds)) if args.causal_rounds else None
     if not args.no_multitask:
         train_multitask_baseline(fuse)
         fusion = load_fusion(fuse)
     accuracy = cached(work, "accuracy", lambda: evaluate_fusion(fusion, max_eval=args.max_eval, extra_p=(0.9, 1.0),
                                                                 dlp_softmax=True))
+    if args.no_latency:
+        print(f"accuracy stages done in {work}; rerun without --no-latency on a quiet machine for the report")
+        return
+    env = environment()  # the timing stages' machine state
+    lat = cached(work, "latency", lambda: latency(fusion, work, args.rounds, (1, 8)))
+    causal = cached(work, "causal_latency", lambda: causal_latency(args.causal_rounds)) if args.causal_rounds else None
     report = {
         "environment": env,
         "setting": (f"MiniLM (all-MiniLM-L6-v2), tasks {', '.join(TASKS)}; adapters: dynamic LoRA rank 8 average on "

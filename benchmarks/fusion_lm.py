@@ -31,7 +31,6 @@ import argparse
 import copy
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path

