@@ -14,7 +14,7 @@ held-out examples per task):
     bigbench:epistemic_reasoning  entailment / non-entailment (label names as options)
 
 Adapters: `dynalora train --model smollm2-135m --objective choice` with default dynamic LoRA (rank 8 average
-on q_proj / v_proj of all 30 layers), batch 8, lr 1e-3, seed 0. Router: `dynalora fuse train` defaults
+on q_proj / v_proj of all 30 layers), batch 8, lr 2e-3, seed 0. Router: `dynalora fuse train` defaults
 (mean input-token embeddings of the frozen LM, MLP). Multi-task baseline: one adapter trained on the four
 training splits together (each example with its own task's prompt), `--multitask-steps` steps.
 
@@ -154,11 +154,11 @@ def render(report: dict[str, Any]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/fusion_lm")
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--multitask-steps", type=int, default=200)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--multitask-steps", type=int, default=120)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--max-eval", type=int, default=200)
+    ap.add_argument("--max-eval", type=int, default=150)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()

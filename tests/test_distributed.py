@@ -152,6 +152,27 @@ def test_torchrun_matches_single_process(assets: dict[str, Path], baseline: Path
     assert info["backend"] == "torchrun" and info["allreduce_calls"] == len(allocations(out)) - 1 + checkpoints
 
 
+def test_torchrun_multiple_choice_matches_single_process(assets: dict[str, Path]) -> None:
+    """The option scorer (core/choice.py) is what DDP wraps for multiple choice: same adapter as one process."""
+    from test_choice import WORDS, write_choice_file
+
+    root = assets["root"] / "mc"
+    root.mkdir()
+    model = save_tiny_model("llama", root / "llama")
+    data = write_choice_file(root / "mc.jsonl", WORDS, 80, 0, "the answer is")
+    args = ["--model", str(model), "--train-file", str(data), "--eval-size", "16", "--steps", "12", "--batch-size", "8",
+            "--lr", "5e-3", "--threads", "1", "--no-progress"]
+    single = root / "single"
+    train(TrainConfig(model=str(model), task=None, train_file=str(data), eval_size=16, steps=12, batch_size=8, lr=5e-3,
+                      threads=1, progress=False, out=str(single)))
+    out = root / "torchrun"
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "dynalora", "train", *args, "--out", str(out)]
+    proc = run(cmd, cwd=REPO, env=env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "run.json").read_text())["task"]["problem"] == "multiple_choice"
+    assert_same_run(single, out, world=2)
+
+
 def test_torchrun_recovers_from_worker_crash(assets: dict[str, Path], baseline: Path) -> None:
     out, marker = assets["root"] / "torchrun-fault", assets["root"] / "torchrun-fault.fired"
     # the injected fault fires once (marker file); restarts=3 rather than 1 so that a restart whose gloo
