@@ -376,23 +376,15 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 NOT_DONE = """\
-- **Causal-LM accuracy setting** (SmolLM2-135M adapters for social_iqa / goal_step_wikihow / strategyqa /
-  epistemic_reasoning, multiple choice scored by option log-likelihood): not done. The training loop
-  (core/train.py) trains sequence classifiers only; a causal-LM loss and option scoring would be needed.
-  `--causal-rounds N` times the fused layers inside SmolLM2-135M (PyTorch, random rank-8 adapters, router
-  included); on this overloaded machine one forward took 3-5 s, so it was not run for this report (a 2-round
-  smoke run gave fused == loop within 5e-5 on the logits). No onnxruntime timing for SmolLM2.
-- **Multi-task baseline not measured in this report**: `fuse train --multitask-steps N` (core/fusion_train.py,
-  `train_multitask`) trains it and `fuse eval` reports it (tested on tiny models), but its 340 steps (~30 min at
-  the step times seen here) did not fit; rerun without `--no-multitask` to add the column.
-- **Latency figures are contention-bound**: the machine's load average was 5-6 on 2 cores during timing (other
-  engineers' tests and benchmarks); the single MiniLM graph took ~90 ms where an idle machine needs a few ms.
-  Round-robin timing spreads the load evenly over variants, but ratios carry several percent of noise; rerun
-  `benchmarks/fusion.py` (stages are cached in --work; delete latency.json) on a quiet machine before relying on
-  the 1.05x / 1.10x comparisons.
-- Adapter training is short (steps above) because the shared 2-core machine ran at 3-8 s a step; oracle
-  accuracies are therefore below what these adapters reach with full training. The comparison fused vs oracle
-  uses the same adapters, so it is unaffected."""
+- **No onnxruntime graph for the causal-LM fusion.** `export fused` exports classifier fusions (router, top-p,
+  stacked adapters and heads in one graph); a multiple-choice fusion is scored in PyTorch
+  (`FusedModel.score_choices`) and its latency is PyTorch-only (fusion_lm.md). Single multiple-choice runs
+  export as the merged causal LM (`export merged`).
+- **Short adapter training.** The encoder adapters ran 60-120 steps and the SmolLM2 adapters 60 steps on a shared
+  2-core CPU, so oracle accuracies are below what longer training reaches; fused vs oracle compares the same
+  adapters, so that comparison is unaffected, and the multi-task baseline had the same total budget.
+- **Router features** were chosen on the encoder setting (table above); the causal-LM router uses the same
+  recipe (mean input-token embeddings of the frozen SmolLM2) without a separate study."""
 
 
 DESIGN = """\
