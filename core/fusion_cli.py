@@ -2,7 +2,7 @@
 
     dynalora fuse train --runs runs/rt runs/bbc runs/intent runs/nli --out fuse/ [--top-p 0.6]
                         [--router-from OTHER_FUSE] [--multitask-steps 600] [--router-epochs 30] [--overwrite]
-    dynalora fuse eval fuse/ [--max-eval 500] [--json eval.json]
+    dynalora fuse eval fuse/ [--max-eval 500] [--json eval.json [--overwrite]]
 
 Flags map onto `FuseConfig` / `RouterConfig`; a user error prints one line and exits with code 2.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 
@@ -35,6 +36,7 @@ def register(subparsers: Any) -> None:
     e.add_argument("fuse", help="fusion folder written by `dynalora fuse train`")
     e.add_argument("--max-eval", type=int, default=500, help="evaluation examples per task (default 500)")
     e.add_argument("--json", default=None, help="also write the results to this JSON file")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     e.set_defaults(func=_cmd_eval)
 
 
@@ -66,6 +68,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.max_eval < 1:
         raise ConfigError(f"--max-eval must be >= 1, got {args.max_eval}")
+    if args.json and Path(args.json).exists() and not args.overwrite:
+        raise ConfigError(f"--json file {args.json} already exists; pass --overwrite or choose another path")
     results = evaluate_fusion(load_fusion(args.fuse), max_eval=args.max_eval)
     cols = [c for c in ("router", "fused", "fused_top1", "oracle", "multitask", "base", "mean_kept_adapters")
             if c in results["mean"]]

@@ -5,6 +5,9 @@
 #      Rotten Tomatoes (real model, real labelled data, both installed offline from PyPI)
 #   3. `dynalora export merged` (fp32 and int8), verified against PyTorch before they are written
 #   4. `dynalora bench --compare-torch` on both exports
+#   5. fusion (DLP-style): a second adapter (BBC news topics), a router over both, `fuse eval`,
+#      `export fused` (router + top-p + stacked adapters in one verified ONNX graph) and its bench.
+#      DEMO_FUSION=0 skips this stage.
 # The cluster is stopped on exit, also on failure. Outputs go to $DEMO_OUT (default demo_out/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,29 +26,44 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== 1/4 starting a loopback Ray cluster =="
+echo "== 1/5 starting a loopback Ray cluster =="
 dynalora cluster up --num-cpus 2
 cluster_started=1
 export RAY_AUTH_MODE=token   # ray job submit sends the cluster's token only in token mode
 
-echo "== 2/4 ray job submit: dynamic LoRA, MiniLM on Rotten Tomatoes, 2 workers, $STEPS steps =="
+echo "== 2/5 ray job submit: dynamic LoRA, MiniLM on Rotten Tomatoes, 2 workers, $STEPS steps =="
 ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
   python -m dynalora train --backend ray --workers 2 \
     --model minilm --task rotten_tomatoes --out "$OUT/run" --overwrite \
     --steps "$STEPS" --batch-size 32 --lr 2e-3 --rank 8 --max-length 64 --checkpoint-every 100
 
-echo "== 3/4 exporting to ONNX (fp32 and int8), verified against PyTorch =="
+echo "== 3/5 exporting to ONNX (fp32 and int8), verified against PyTorch =="
 dynalora export merged --run "$OUT/run" --out "$OUT/export-fp32" --overwrite
 dynalora export merged --run "$OUT/run" --out "$OUT/export-int8" --quantize int8 --overwrite
 
-echo "== 4/4 benchmarking on this CPU (onnxruntime vs PyTorch eager) =="
+echo "== 4/5 benchmarking on this CPU (onnxruntime vs PyTorch eager) =="
 for e in fp32 int8; do
   dynalora bench "$OUT/export-$e" --compare-torch --threads 2 --batch 1,8 --seq 32,128 --repeats 20 \
     --json "$OUT/bench-$e.json" --plot "$OUT/bench-$e.png" --overwrite
 done
+
+if [ "${DEMO_FUSION:-1}" = 1 ]; then
+  echo "== 5/5 fusion: a BBC-news adapter, a router over both tasks, one fused ONNX graph =="
+  dynalora cluster down && cluster_started=0   # the rest runs in this process; free the cores
+  dynalora train --model minilm --task bbc_news --out "$OUT/run-bbc" --overwrite \
+    --steps "${DEMO_FUSION_STEPS:-80}" --batch-size 16 --lr 2e-3 --rank 8 --max-length 64 --no-progress
+  dynalora fuse train --runs "$OUT/run" "$OUT/run-bbc" --out "$OUT/fuse" --overwrite
+  dynalora fuse eval "$OUT/fuse" --max-eval 300 --json "$OUT/fuse-eval.json" --overwrite
+  dynalora export fused --fuse "$OUT/fuse" --out "$OUT/export-fused" --overwrite
+  dynalora bench "$OUT/export-fused" --threads 2 --batch 1,8 --seq 64 --repeats 20 \
+    --json "$OUT/bench-fused.json" --plot "$OUT/bench-fused.png" --overwrite
+fi
 
 echo
 echo "== done =="
 echo "  run:        $OUT/run  (metrics.jsonl, allocation.jsonl, allocation.png, adapter/)"
 echo "  exports:    $OUT/export-fp32  $OUT/export-int8"
 echo "  benchmarks: $OUT/bench-fp32.json  $OUT/bench-int8.json (+ .png)"
+if [ "${DEMO_FUSION:-1}" = 1 ]; then
+  echo "  fusion:     $OUT/fuse (fuse-eval.json)  $OUT/export-fused  $OUT/bench-fused.json"
+fi

@@ -221,6 +221,10 @@ def test_fuse_cli_train_with_multitask_then_eval(runs: dict[str, Path], capsys: 
     assert "| sent |" in out and "oracle" in out and "multitask" in out
     result = json.loads((tmp_path / "e.json").read_text())
     assert set(result) == {"sent", "topic", "mean"} and 0.0 <= result["sent"]["multitask"] <= 1.0
+    before = (tmp_path / "e.json").read_bytes()  # an existing results file is not overwritten without --overwrite
+    code, out, err = _cli(["fuse", "eval", str(fuse), "--max-eval", "4", "--json", str(tmp_path / "e.json")], capsys)
+    assert code == 2 and "already exists" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "e.json").read_bytes() == before
 
 
 # ---- export + edge runtime -----------------------------------------------------------------------------
