@@ -109,7 +109,9 @@ def latency(fusion: Any, rounds: int) -> dict[str, Any]:
 def environment() -> dict[str, Any]:
     import transformers
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo", encoding="utf-8") if l.startswith("model name")),
+               platform.machine()) if os.path.exists("/proc/cpuinfo") else platform.machine()
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
             "load_average_start": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
@@ -139,6 +141,15 @@ def render(report: dict[str, Any]) -> str:
         vals = " | ".join(f"{row[c]:.4f}" for c in cols)
         gap = f"{100 * (row['fused'] - row['oracle']):+.2f}"
         lines.append(f"| {task} | {row.get('n', '')} | {vals} | {gap} |")
+    tasks = [t for t in ev if t != "mean"]
+    lines += ["", "Reading (computed from the table): adapter gain over the base LM, oracle - base = "
+              + ", ".join(f"{t.split(':')[-1]} {100 * (ev[t]['oracle'] - ev[t]['base']):+.1f}" for t in tasks)
+              + " points; one multi-task adapter vs the task's own, multitask - oracle = "
+              + ", ".join(f"{t.split(':')[-1]} {100 * (ev[t].get('multitask', float('nan')) - ev[t]['oracle']):+.1f}" for t in tasks)
+              + " points. Targets: router >= 0.98 "
+              + ("met" if report["router"]["eval_accuracy"] >= 0.98 else "not met")
+              + "; fused within 1 point of the oracle on every task: "
+              + ("met" if all(abs(ev[t]["fused"] - ev[t]["oracle"]) <= 0.01 for t in tasks) else "not met") + "."]
     lat = report.get("latency")
     if lat:
         lines += ["", "## Latency (PyTorch, batch 1, 2 threads, p50 of round-robin rounds)", "", f"Input: {lat['input']}.", "",
