@@ -28,7 +28,6 @@ Writes benchmarks/results/fusion_lm.json and fusion_lm.md.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import platform
 import sys
@@ -42,7 +41,7 @@ from dynalora.core.atomic import write_json, write_text
 from dynalora.core.config import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fusion import round_robin  # noqa: E402 - the same round-robin timer as the encoder setting
+from fusion import round_robin, variants  # noqa: E402 - the encoder setting's timer and variant builder
 
 RESULTS = Path(__file__).parent / "results"
 TASKS = ("bigbench:social_iqa", "bigbench:goal_step_wikihow", "bigbench:strategyqa", "bigbench:epistemic_reasoning")
@@ -71,9 +70,7 @@ def train_runs(work: Path, steps: int, max_length: int, max_eval: int, lr: float
 def latency(fusion: Any, rounds: int) -> dict[str, Any]:
     """single vs fused K vs loop K, PyTorch, one social_iqa question (all its options), batch 1."""
     from dynalora.core.choice import encode_choices
-    from dynalora.core.fusion import build_fused_model
     from dynalora.core.fusion_train import encode_texts, task_data
-    from dynalora.core.router import Router
 
     torch.set_num_threads(2)
     specs = fusion.specs
@@ -81,20 +78,7 @@ def latency(fusion: Any, rounds: int) -> dict[str, Any]:
     example = [data.eval[0]]
     choices = encode_choices(fusion.tokenizer, data.spec, example, fusion.max_length)
     route = encode_texts(fusion.tokenizer, example, fusion.max_length)
-    models: dict[str, Any] = {"single": build_fused_model(specs[:1], None, 1.0)}
-    for k in (2, 4, 8):
-        chosen = [copy.copy(specs[i % len(specs)]) for i in range(k)]
-        for i, s in enumerate(chosen):
-            s.name = f"{s.name}#{i}"
-        rows = torch.tensor([i % len(specs) for i in range(k)])
-        router = Router(fusion.model.router.norm.normalized_shape[0], k, fusion.model.router.fc1.out_features, 0.0)
-        state = dict(fusion.model.router.state_dict())
-        state["fc2.weight"], state["fc2.bias"] = state["fc2.weight"][rows], state["fc2.bias"][rows]
-        router.load_state_dict(state)
-        for mode in ("fused", "loop"):
-            m = build_fused_model(chosen, router.eval(), fusion.model.top_p)
-            m.set_loop(mode == "loop")
-            models[f"{mode}_k{k}"] = m
+    models = variants(fusion)  # the encoder setting's single / fused K / loop K builder (K > 4 repeats adapters)
     check = {f"fused_vs_loop_k{k}": float((models[f"fused_k{k}"].score_choices(choices, route["input_ids"], route["attention_mask"]).logits
                                            - models[f"loop_k{k}"].score_choices(choices, route["input_ids"], route["attention_mask"]).logits).abs().max())
              for k in (2, 4, 8)}

@@ -249,15 +249,8 @@ class FusedModel(nn.Module):
         single = fusion_weights is None and self.router is None and self.num_tasks == 1
         if single:  # one plain adapter, no router: the benchmarks' baseline
             probs = weights = torch.ones(input_ids.shape[0], 1)
-        elif fusion_weights is None:
-            probs = self.route(input_ids, attention_mask)
-            weights = top_p_weights(probs, self.top_p)
         else:
-            if fusion_weights.shape != (input_ids.shape[0], self.num_tasks):
-                raise FusionError(f"fusion_weights must be (batch, {self.num_tasks}) for tasks {self.task_names}, got "
-                                  f"{tuple(fusion_weights.shape)}: a router routes only to the adapters it was trained with")
-            weights = fusion_weights.to(torch.float32)
-            probs = weights
+            probs, weights = self._weights(input_ids, attention_mask, fusion_weights)
         kwargs: dict[str, torch.Tensor] = {"input_ids": input_ids}
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask

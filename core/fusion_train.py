@@ -401,8 +401,6 @@ def _evaluate_choice(fusion: LoadedFusion, multitask: Any, max_eval: int | None,
                 _add(counts, name, out.logits.argmax(-1) == y)
             _add(counts, "mean_kept_adapters", (routed.fusion_weights > 0).float().sum(-1))
             if multitask is not None:  # the multi-task run was trained on full prompts (its file's text)
-                from dynalora.core.data import Example
-
                 full = [Example(prompt_text(data.spec, e), None, e.label, e.choices) for e in chunk]
                 enc = encode_choices(multitask.tokenizer, _plain_prompt(data.spec), full, ml)
                 out = ChoiceScorer(multitask.model)(**enc)
