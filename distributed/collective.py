@@ -19,6 +19,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from dynalora.core.errors import ConfigError
+
 
 def process_group_backend() -> str:
     """gloo: the core loop keeps the model and the statistics buffer on the CPU.
@@ -29,10 +31,22 @@ def process_group_backend() -> str:
     return os.environ.get("DYNALORA_DIST_BACKEND", "gloo")
 
 
-def init_process_group(timeout_s: float = 600.0) -> None:
-    """Join the env:// process group set up by torchrun (RANK, WORLD_SIZE, MASTER_ADDR/PORT)."""
+def init_process_group(timeout_s: float | None = None) -> None:
+    """Join the env:// process group set up by torchrun (RANK, WORLD_SIZE, MASTER_ADDR/PORT).
+
+    timeout_s: how long a collective may wait before it fails (and torchrun --max-restarts restarts the
+    group); default DYNALORA_DIST_TIMEOUT_S, else 600 s.
+    """
     if dist.is_initialized():
         return
+    if timeout_s is None:
+        raw = os.environ.get("DYNALORA_DIST_TIMEOUT_S", "600")
+        try:
+            timeout_s = float(raw)
+        except ValueError:
+            raise ConfigError(f"DYNALORA_DIST_TIMEOUT_S must be a number of seconds, got {raw!r}") from None
+        if timeout_s <= 0:
+            raise ConfigError(f"DYNALORA_DIST_TIMEOUT_S must be > 0, got {raw!r}")
     backend = process_group_backend()
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

@@ -14,6 +14,7 @@ max |diff| ~2e-8 after 40 steps; Adam's normalisation can amplify such differenc
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -92,7 +93,8 @@ def baseline(assets: dict[str, Path]) -> Path:
 
 def env(**extra: str) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith(("DYNALORA_FAULT", "RAY_ADDRESS", "TORCHELASTIC"))}
-    e.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", **extra)
+    # a restarted group whose gloo re-connect stalls fails after 60 s (and is restarted) instead of 600 s
+    e.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", DYNALORA_DIST_TIMEOUT_S="60", **extra)
     return e
 
 
@@ -102,8 +104,15 @@ def run(cmd: list[str], *, timeout: int = TIMEOUT, **kw: object) -> subprocess.C
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        # torchrun starts its workers in their own sessions: kill the whole tree, or they keep the pipes open
+        import psutil
+
+        tree = psutil.Process(proc.pid).children(recursive=True)
         os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
+        for child in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        out, err = proc.communicate(timeout=30)
         pytest.fail(f"timed out after {timeout} s: {' '.join(cmd)}\n{out[-3000:]}\n{err[-3000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
@@ -330,3 +339,13 @@ def test_ray_cluster_job_submit_and_recovery(assets: dict[str, Path], baseline: 
     finally:
         down = dynalora("cluster", "down", timeout=120)
         assert down.returncode == 0, down.stderr[-2000:]
+
+
+def test_bad_collective_timeout_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dynalora.core.errors import ConfigError
+    from dynalora.distributed.collective import init_process_group
+
+    for raw in ("soon", "0"):
+        monkeypatch.setenv("DYNALORA_DIST_TIMEOUT_S", raw)
+        with pytest.raises(ConfigError, match="DYNALORA_DIST_TIMEOUT_S"):
+            init_process_group()
