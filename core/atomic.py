@@ -72,6 +72,8 @@ def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iter
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()  # an empty folder holds nothing to lose (e.g. made by the user for --out)
         if path.exists():
             if not overwrite:
                 raise FileExistsError(f"{path} appeared while it was being written; nothing was replaced")

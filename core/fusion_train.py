@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from dynalora import __version__
 from dynalora.core.atomic import atomic_dir, write_json
+from dynalora.core.outdir import check_out_path, check_replaceable, is_empty_dir, write_marker
 from dynalora.core.data import Example, TaskData
 from dynalora.core.errors import CheckpointError, ConfigError, DynaloraError
 from dynalora.core.fusion import AdapterSpec, FusedModel, FusionError, _read_json, build_fused_model, check_compatible, read_adapter
@@ -166,8 +167,11 @@ def train_fusion(cfg: FuseConfig) -> Path:
     """Validate, train the router (and optionally the multi-task baseline), write the fusion folder."""
     cfg.validate()
     out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:
-        raise FusionError(f"output folder {out} exists; pass --overwrite to replace it")
+    check_out_path(out)
+    if out.exists() and not is_empty_dir(out):
+        if not cfg.overwrite:
+            raise FusionError(f"output folder {out} exists; pass --overwrite to replace it")
+        check_replaceable(out, "fusion")  # only a folder an earlier `fuse train` wrote
     specs = [read_adapter(r) for r in cfg.runs]
     check_compatible(specs)
     datas = [task_data(s) for s in specs]
@@ -220,6 +224,7 @@ def train_fusion(cfg: FuseConfig) -> Path:
         if cfg.multitask_steps:
             info["multitask"] = train_multitask(specs, datas, tmp, cfg.multitask_steps, max_length)
         write_json(tmp / "fusion.json", info)
+        write_marker(tmp, "fusion")
     return out
 
 

@@ -190,6 +190,34 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     return tensors, meta
 
 
+@dataclass
+class LatestCheckpoint:
+    path: Path | None  # the newest checkpoint that reads back intact (None: none does)
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+    skipped: list[tuple[Path, str]]  # newer checkpoints that are corrupt, with the reason
+
+
+def load_latest_checkpoint(run_dir: Path) -> LatestCheckpoint:
+    """The newest checkpoint that loads, skipping (and naming) newer ones that are corrupt.
+
+    Checkpoints are written atomically, so a crash mid-write leaves no partial checkpoint; a
+    corrupt one means the storage damaged it afterwards. Falling back to the previous one
+    (save_checkpoint keeps two) costs some steps instead of the whole run.
+    """
+    skipped: list[tuple[Path, str]] = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            tensors, meta = load_checkpoint(path)
+            int(meta["step"])
+            meta["scheduler"]
+        except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+            skipped.append((path, str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__))
+            continue
+        return LatestCheckpoint(path, tensors, meta, skipped)
+    return LatestCheckpoint(None, {}, {}, skipped)
+
+
 # ---- load_run --------------------------------------------------------------------------------
 @dataclass
 class LoadedRun:

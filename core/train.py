@@ -18,6 +18,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,11 +39,12 @@ from dynalora.core.errors import CheckpointError, ConfigError
 from dynalora.core.inject import adapter_layers, inject_adapters
 from dynalora.core.metrics import compute_metrics
 from dynalora.core.models import load_task_model, load_tokenizer, resolve_model_path
-from dynalora.core.run_io import list_checkpoints, load_checkpoint, save_adapter, save_checkpoint
-
-
-# TrainConfig fields that say where / how a run executes, not what it trains
-RUNTIME_FIELDS = ("out", "progress", "threads", "device", "backend", "workers", "ray_address", "storage_path", "max_failures")
+from dynalora.core.outdir import (
+    OutLock, check_out_path, check_replaceable, check_unlocked, final_path, is_empty_dir, staging_path,
+    swap_into_place, write_marker,
+)
+from dynalora.core.resume import finished_info, resumed_config
+from dynalora.core.run_io import load_latest_checkpoint, save_adapter, save_checkpoint
 
 
 @dataclass
@@ -53,6 +55,8 @@ class TrainHooks:
     on_step: Callable[[int], None] | None = None  # after each optimizer step (fault injection, progress)
     on_checkpoint: Callable[[int, Path | None], None] | None = None  # after a checkpoint (path on rank 0)
     on_log: Callable[[dict[str, Any]], None] | None = None
+    on_train_end: Callable[[], None] | None = None  # after the last collective of the run
+    launch_id: str | None = None  # recorded in the run folder's marker: a restart of this launch resumes it
 
 
 @dataclass
@@ -67,16 +71,37 @@ class RunResult:
 
 # ---- preparation (validates everything before anything is written) --------------------------
 def prepare_out_dir(cfg: TrainConfig, is_main: bool) -> Path:
+    """The folder this run writes, after every check (nothing is written here).
+
+    A new run writes `--out` itself. `--overwrite` of an existing run builds the new run beside it
+    (outdir.staging_path) and swaps it in when complete, so an interrupted overwrite leaves the
+    previous run intact. Only rank 0 checks: the launchers validated on every rank before the
+    process group existed, and rank 0 may be creating the folder while the others get here.
+    """
     out = Path(cfg.out)
     if cfg.resume:
         if not (out / "config.yaml").is_file():
             raise CheckpointError(f"--resume: {out} is not a run folder (no config.yaml)")
         return out
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise ConfigError(f"output folder {out} exists; pass --overwrite to replace it or --resume to continue it")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a folder")
+    if not is_main:
+        return out
+    check_out_path(out)
+    if out.exists() and not is_empty_dir(out):
+        if not cfg.overwrite:
+            raise ConfigError(f"output folder {out} exists; pass --overwrite to replace it or --resume to continue it")
+        check_replaceable(out, "run")
+        check_unlocked(out)
+        return staging_path(out)
+    check_unlocked(out)
     return out
+
+
+def finished_result(out: Path) -> RunResult | None:
+    """The result of a finished run (resume has nothing to do), else None."""
+    info = finished_info(out)
+    if info is None:
+        return None
+    return RunResult(out=final_path(out), metrics=info["metrics"], ranks=info["final_ranks"], steps=int(info["steps"]))
 
 
 def load_data(cfg: TrainConfig) -> TaskData:
@@ -250,15 +275,14 @@ def train(cfg: TrainConfig, collective: Collective | None = None, hooks: TrainHo
     is_main = collective.rank == 0
     world = collective.world_size
     if cfg.resume:
-        saved = Path(cfg.out) / "config.yaml"
-        if saved.is_file():
-            # the saved config defines the training; where and how it runs comes from the caller
-            # (a moved run folder resumes where it is now, possibly under another launcher)
-            launch = {k: getattr(cfg, k) for k in RUNTIME_FIELDS if hasattr(cfg, k)}
-            cfg = TrainConfig.from_yaml(saved)
-            for k, v in launch.items():
-                setattr(cfg, k, v)
-            cfg.resume, cfg.overwrite = True, False
+        # the saved config defines the training; where and how it runs comes from the caller
+        # (a moved run folder resumes where it is now, possibly under another launcher)
+        cfg = resumed_config(cfg, getattr(cfg, "explicit_keys", None))
+        done = finished_result(Path(cfg.out))
+        if done is not None:
+            if is_main:
+                print(f"dynalora: {done.out} is finished ({done.steps} steps); nothing to resume", flush=True)
+            return done
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -267,7 +291,22 @@ def train(cfg: TrainConfig, collective: Collective | None = None, hooks: TrainHo
         raise ConfigError(
             f"--batch-size {cfg.batch_size} must be divisible by workers x grad-accum = {world * cfg.grad_accum}"
         )
-    out = prepare_out_dir(cfg, is_main)
+    work = prepare_out_dir(cfg, is_main)
+    lock = OutLock(final_path(work) if cfg.resume else Path(cfg.out)) if is_main else None
+    if lock is not None:
+        lock.acquire()  # one writer per run folder for the whole run; the kernel releases it if we die
+    try:
+        return _train(cfg, work, collective, hooks)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: TrainConfig, out: Path, collective: Collective, hooks: TrainHooks) -> RunResult:
+    """The loop proper, writing to `out` (the run folder, or the staging folder of an --overwrite)."""
+    is_main = collective.rank == 0
+    world = collective.world_size
+    micro = cfg.batch_size // (world * cfg.grad_accum)
     data = load_data(cfg)
     steps = total_steps(cfg, len(data.train))
     torch.manual_seed(cfg.seed)
@@ -290,27 +329,35 @@ def train(cfg: TrainConfig, collective: Collective | None = None, hooks: TrainHo
     start = 0
     losses: list[float] = []
     if cfg.resume:
-        ckpts = list_checkpoints(out)
-        if ckpts:
-            tensors, meta = load_checkpoint(ckpts[-1])
-            restore(model, optimizer, tensors, ckpts[-1])
-            controller.load_state_dict({k[len("controller.") :]: v for k, v in tensors.items() if k.startswith("controller.")})
-            if not is_main and controller.stats is not None:
-                controller.stats.zero_()  # rank 0 restored the consolidated window statistics (see below)
-            scheduler.load_state_dict(meta["scheduler"])
-            for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
-                group["lr"] = lr  # the optimizer only sees the schedule's lr after the next step() otherwise
-            torch.set_rng_state(tensors["rng.torch"])
-            start = int(meta["step"])
-            losses = list(meta.get("losses", []))
-            if is_main:  # drop log lines written after the checkpoint: they will be written again
-                for log in ("allocation.jsonl", "metrics.jsonl"):
-                    truncate_log(out / log, start)
+        found = load_latest_checkpoint(out)
+        for path, reason in found.skipped if is_main else []:
+            print(f"dynalora: checkpoint {path.name} is unreadable ({reason}); resuming from "
+                  f"{found.path.name if found.path else 'the start'}", file=sys.stderr, flush=True)
+        if found.path is None:
+            raise CheckpointError(
+                f"--resume: {out} has no intact checkpoint to continue from: start it again with --overwrite"
+            )
+        tensors, meta = found.tensors, found.meta
+        restore(model, optimizer, tensors, found.path)
+        controller.load_state_dict({k[len("controller.") :]: v for k, v in tensors.items() if k.startswith("controller.")})
+        if not is_main and controller.stats is not None:
+            controller.stats.zero_()  # rank 0 restored the consolidated window statistics (see below)
+        scheduler.load_state_dict(meta["scheduler"])
+        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr  # the optimizer only sees the schedule's lr after the next step() otherwise
+        torch.set_rng_state(tensors["rng.torch"])
+        start = int(meta["step"])
+        losses = list(meta.get("losses", []))
+        if is_main:  # drop log lines written after the checkpoint: they will be written again
+            for log in ("allocation.jsonl", "metrics.jsonl"):
+                truncate_log(out / log, start)
 
     if is_main and not cfg.resume:
-        if out.exists() and cfg.overwrite:
+        if out.exists():  # a stale staging folder of an interrupted --overwrite (we hold the run's lock)
             shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True)
+        replaces = {"replaces": Path(cfg.out).name} if out != Path(cfg.out) else {}
+        write_marker(out, "run", launch=hooks.launch_id, **replaces)
         write_text(out / "config.yaml", cfg.to_yaml())
         append_line(out / "allocation.jsonl", json.dumps({"step": 0, "ranks": controller.ranks(), "world_size": world, "worker_digests": collective.gather(controller.digest())}))
     elif not cfg.resume:
@@ -383,15 +430,23 @@ def train(cfg: TrainConfig, collective: Collective | None = None, hooks: TrainHo
         metrics = evaluate(model, tokenizer, data, cfg)
         append_line(out / "metrics.jsonl", json.dumps({"step": steps, "eval": metrics, "final": True}))
         finish_run(out, cfg, data, model, tokenizer, controller, model_path, metrics, steps, world)
+        final = final_path(out)
+        if final != out:
+            swap_into_place(out, final)  # the --overwrite is complete: only now is the old run replaced
     collective.gather("done")
-    return RunResult(out=out, metrics=metrics, ranks=controller.ranks(), steps=steps, losses=losses, step_times=step_times)
+    if hooks.on_train_end:
+        hooks.on_train_end()
+    return RunResult(out=final_path(out) if is_main else Path(cfg.out), metrics=metrics, ranks=controller.ranks(), steps=steps, losses=losses, step_times=step_times)
 
 
 def truncate_log(path: Path, step: int) -> None:
+    """Keep only the log lines at or before `step` (a resumed run writes the later ones again)."""
     if not path.is_file():
         return
-    keep = [l for l in path.read_text(encoding="utf-8").splitlines() if l.strip() and json.loads(l).get("step", 0) <= step]
-    write_text(path, "".join(l + "\n" for l in keep))
+    lines = path.read_text(encoding="utf-8").splitlines()
+    keep = [l for l in lines if l.strip() and int(json.loads(l).get("step", 0)) <= step]
+    if len(keep) != len(lines):
+        write_text(path, "".join(l + "\n" for l in keep))
 
 
 class _nullcontext:

@@ -15,8 +15,10 @@
 
 torchrun restarts *all* workers after a failure, with TORCHELASTIC_RESTART_COUNT > 0. A restarted
 worker resumes from the run folder's latest checkpoint, but only if that folder was created by
-this torchrun job (rank 0 records TORCHELASTIC_RUN_ID in RUN/.torchrun_id): a first attempt always
+this torchrun job (rank 0 records TORCHELASTIC_RUN_ID in the folder's .dynalora marker): a first attempt always
 refuses an existing --out without --overwrite, and a restart never continues someone else's run.
+Every distributed stage runs under a deadline (watchdog.py, DYNALORA_DIST_TIMEOUT_S): a stalled
+group ends its workers, which torchrun then restarts, instead of hanging.
 With multi-node torchrun, give each job its own --rdzv-id (the default id is "none").
 """
 
@@ -26,11 +28,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dynalora.core.atomic import write_text
 from dynalora.core.config import TrainConfig
 from dynalora.core.errors import ConfigError
 
-RUN_ID_FILE = ".torchrun_id"
 
 
 def in_torchrun() -> bool:
@@ -56,14 +56,9 @@ def run_training(cfg: TrainConfig) -> Any:
     return train(cfg)
 
 
-def _owns_run(out: Path, run_id: str) -> bool:
-    marker = out / RUN_ID_FILE
-    return (out / "config.yaml").is_file() and marker.is_file() and marker.read_text(encoding="utf-8").strip() == run_id
-
-
 def run_torchrun_worker(cfg: TrainConfig) -> Any:
     """One torchrun worker: checks, process group, DDP, the shared loop; resume after a restart."""
-    from dynalora.distributed.recovery import latest_step, trim_logs, validate_out
+    from dynalora.distributed.recovery import plan_attempt, validate_out
 
     if cfg.backend == "ray":
         raise ConfigError("started by torchrun but --backend ray: drop --backend ray, or run without torchrun")
@@ -71,33 +66,25 @@ def run_torchrun_worker(cfg: TrainConfig) -> Any:
     if cfg.workers not in (1, world):
         raise ConfigError(f"--workers {cfg.workers} but torchrun started {world} workers: drop --workers under torchrun")
     cfg.backend, cfg.workers = "torchrun", world
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
-    out = Path(cfg.out).resolve()
-    cfg.out = str(out)
-    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and _owns_run(out, run_id):
-        cfg.resume, cfg.overwrite = True, False
+    launch_id = "torchrun:" + os.environ.get("TORCHELASTIC_RUN_ID", "")
+    cfg.out = str(Path(cfg.out).resolve())
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
     # Every check runs on every rank before the process group exists, so nobody has written
     # anything yet: no rank can see a folder that rank 0 created a moment ago.
+    cfg = plan_attempt(cfg, launch_id, restarted)
     cfg.validate()
-    validate_out(cfg)
-    if cfg.resume and rank == 0:
-        trim_logs(out, latest_step(out))
-    if rank != 0 and not cfg.resume:
-        cfg.overwrite = True  # validated above; rank 0 alone creates (or replaces) the folder
+    finished = validate_out(cfg)
+    if finished is not None:
+        return finished
 
-    import torch.distributed as dist
-
-    from dynalora.distributed.collective import TorchCollective, init_process_group
+    from dynalora.distributed.collective import TorchCollective, destroy_process_group, init_process_group
+    from dynalora.distributed.watchdog import Watchdog, dist_timeout_s
     from dynalora.distributed.worker import run_worker
 
-    init_process_group()
+    watchdog = Watchdog(dist_timeout_s(), rank=rank)
+    init_process_group(watchdog=watchdog)
     try:
-        collective = TorchCollective()
-
-        def mark_owner() -> None:
-            if rank == 0:
-                write_text(out / RUN_ID_FILE, run_id + "\n")
-
-        return run_worker(cfg, collective, on_model=mark_owner, print_progress=not cfg.progress)
+        collective = TorchCollective(watchdog=watchdog)
+        return run_worker(cfg, collective, launch_id=launch_id, print_progress=not cfg.progress)
     finally:
-        dist.destroy_process_group()
+        destroy_process_group(watchdog)

@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from dynalora.core.atomic import atomic_dir, write_text
+from dynalora.core.atomic import atomic_dir
 from dynalora.core.config import TrainConfig
 from dynalora.core.errors import DynaloraError
 from dynalora.distributed.cluster import auth_token as _auth_token
 from dynalora.distributed.errors import ClusterError, DistributedError
+from dynalora.distributed.watchdog import dist_timeout_s
 
-RUN_ID_FILE = ".ray_run_id"
 _PASS_ENV_PREFIXES = ("DYNALORA_", "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 _CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")
 
@@ -49,9 +49,14 @@ def run_ray(cfg: TrainConfig) -> Any:
     """Validate, connect to (or start) a cluster, fit, and return the RunResult read from the run folder."""
     from dynalora.distributed.recovery import validate_out
 
+    from dynalora.distributed.recovery import plan_attempt
+
     cfg.validate()
     _absolutise_paths(cfg)
-    validate_out(cfg)  # before any cluster starts: a bad --out costs nothing and writes nothing
+    cfg = plan_attempt(cfg, "", restarted=False)  # --resume: the run's own config, or one line naming changed flags
+    finished = validate_out(cfg)  # before any cluster starts: a bad --out costs nothing and writes nothing
+    if finished is not None:
+        return finished
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep every Ray port on loopback
     if _auth_token():
@@ -192,7 +197,8 @@ def _fit(cfg: TrainConfig) -> None:
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config={"cfg": cfg.to_dict(), "run_id": uuid.uuid4().hex},
-        torch_config=TorchConfig(backend="gloo"),
+        # the process group Ray sets up: its collectives time out like ours (watchdog.py)
+        torch_config=TorchConfig(backend="gloo", timeout_s=int(dist_timeout_s())),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=False, resources_per_worker={"CPU": 1}),
         run_config=ray.train.RunConfig(
             name=name,
@@ -237,29 +243,21 @@ def _ray_worker(config: dict[str, Any]) -> None:
     import torch
 
     from dynalora.distributed.collective import TorchCollective
-    from dynalora.distributed.recovery import latest_step, trim_logs
+    from dynalora.distributed.recovery import find_owned, plan_attempt
+    from dynalora.distributed.watchdog import Watchdog, dist_timeout_s
     from dynalora.distributed.worker import run_worker
 
     cfg = TrainConfig.from_dict(config["cfg"])
-    run_id: str = config["run_id"]
+    launch_id = "ray:" + config["run_id"]
     torch.set_num_threads(cfg.threads or 1)  # one intra-op thread per 1-CPU worker unless --threads says otherwise
-    collective = TorchCollective()
-    rank = collective.rank
-    out = Path(cfg.out)
-    marker = out / RUN_ID_FILE
-    restarted = (out / "config.yaml").is_file() and marker.is_file() and marker.read_text(encoding="utf-8").strip() == run_id
-    if restarted or cfg.resume:
-        cfg.resume, cfg.overwrite = True, False
-        if rank == 0:
-            _restore_from_ray(out, ray.train.get_checkpoint())
-            trim_logs(out, latest_step(out))
-    else:
-        cfg.overwrite = True  # the driver refused an existing --out without --overwrite; this is our folder
-    collective.gather("prepared")  # rank 0 restored / trimmed before anyone reads checkpoints
-
-    def mark_owner() -> None:
-        if rank == 0:
-            write_text(marker, run_id + "\n")
+    collective = TorchCollective(watchdog=Watchdog(dist_timeout_s(), rank=ray.train.get_context().get_world_rank()))
+    if collective.rank == 0:
+        owned = find_owned(Path(cfg.out), launch_id)  # a restarted attempt of this fit: its folder
+        if owned is not None:
+            _restore_from_ray(owned, ray.train.get_checkpoint())
+    collective.gather("prepared")  # rank 0 restored Ray's checkpoint before anyone reads checkpoints
+    # The driver validated --out; a restart of this fit resumes the folder it created.
+    cfg = plan_attempt(cfg, launch_id, restarted=True)
 
     def report(step: int, path: Path | None) -> None:
         metrics = {"step": step}
@@ -270,7 +268,7 @@ def _ray_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
 
     cfg.progress = False  # no tqdm bar in job logs: rank 0 prints one line per log record
-    run_worker(cfg, collective, on_checkpoint=report, on_model=mark_owner)
+    run_worker(cfg, collective, launch_id=launch_id, on_checkpoint=report)
 
 
 def _restore_from_ray(out: Path, checkpoint: Any) -> None:

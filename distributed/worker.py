@@ -64,24 +64,42 @@ def run_worker(
     cfg: TrainConfig,
     collective: TorchCollective,
     *,
+    launch_id: str | None = None,
     on_checkpoint: Callable[[int, Path | None], None] | None = None,
-    on_model: Callable[[], None] | None = None,
     print_progress: bool = True,
 ) -> RunResult:
     """Run the training loop on this worker; returns the loop's RunResult (metrics on rank 0 only)."""
+    watchdog = collective.watchdog
+    fault = fault_hook(collective.rank, cfg.out)
+    step_stage = "training step (forward, backward and gradient all-reduce)"
 
     def wrap(model: nn.Module) -> nn.Module:
-        if on_model is not None:
-            on_model()  # the run folder exists from here on (rank 0 created it)
         if collective.world_size == 1:
             return model
+        if watchdog is not None:
+            with watchdog.stage("DDP construction (parameter broadcast)"):
+                wrapped = DistributedDataParallel(model, **_NO_BUFFER_SYNC)
+            watchdog.arm(step_stage)  # a heartbeat from here on: re-armed after every step
+            return wrapped
         return DistributedDataParallel(model, **_NO_BUFFER_SYNC)
+
+    def on_step(step: int) -> None:
+        if watchdog is not None and collective.world_size > 1:
+            watchdog.arm(step_stage)
+        if fault is not None:
+            fault(step)
+
+    def on_train_end() -> None:
+        if watchdog is not None:
+            watchdog.disarm(step_stage)
 
     hooks = TrainHooks(
         wrap_model=wrap,
-        on_step=fault_hook(collective.rank),
+        on_step=on_step,
         on_checkpoint=on_checkpoint,
         on_log=progress_printer(cfg.steps) if print_progress and collective.rank == 0 else None,
+        on_train_end=on_train_end,
+        launch_id=launch_id,
     )
     t0 = time.perf_counter()
     result = train(cfg, collective, hooks)

@@ -22,12 +22,22 @@ PARITY_ATOL_FP32 = 1e-4
 
 
 def refuse_existing(out: str | os.PathLike[str], overwrite: bool) -> Path:
-    """Refuse an existing output folder before any work is done (atomic_dir re-checks at the end)."""
+    """Refuse an existing output folder before any work is done (atomic_dir re-checks at the end).
+
+    `--overwrite` replaces only a folder an earlier export wrote (its `.dynalora` marker says so).
+    """
+    from dynalora.core.errors import ConfigError
+    from dynalora.core.outdir import check_out_path, check_replaceable, is_empty_dir
+
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ExportError(f"output folder {out} exists; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out} exists and is not a folder")
+    try:
+        check_out_path(out)
+        if out.exists() and not is_empty_dir(out):
+            if not overwrite:
+                raise ExportError(f"output folder {out} exists; pass --overwrite to replace it")
+            check_replaceable(out, "export")
+    except ConfigError as exc:
+        raise ExportError(str(exc)) from None
     return out
 
 
@@ -171,9 +181,11 @@ def base_manifest(*, kind: str, run_info: dict[str, Any] | None, model_type: str
 
 
 def write_export_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Checksum every file and write manifest.json (edge_runtime's writer, so both sides agree)."""
+    """Mark the folder as an export, checksum every file and write manifest.json (edge_runtime's writer)."""
+    from dynalora.core.outdir import write_marker
     from dynalora.edge_runtime.manifest import write_manifest
 
+    write_marker(folder, "export")
     return write_manifest(folder, manifest)
 
 
