@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from dynalora import __version__
 from dynalora.core.atomic import atomic_dir, write_json
-from dynalora.core.outdir import check_out_path, check_replaceable, is_empty_dir, write_marker
+from dynalora.core.outdir import OutLock, check_out_path, check_replaceable, is_empty_dir, write_marker
 from dynalora.core.data import Example, TaskData
 from dynalora.core.errors import CheckpointError, ConfigError, DynaloraError
 from dynalora.core.fusion import AdapterSpec, FusedModel, FusionError, _read_json, build_fused_model, check_compatible, read_adapter
@@ -213,7 +213,7 @@ def train_fusion(cfg: FuseConfig) -> Path:
                    "run_metrics": s.info.get("metrics", {})} for s, d in zip(specs, datas, strict=True)],
         "router": record,
     }
-    with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
+    with OutLock(out, "fusion"), atomic_dir(out, overwrite=cfg.overwrite) as tmp:  # one writer at a time
         save_file({k: v.contiguous() for k, v in router.state_dict().items()}, str(tmp / "router.safetensors"))
         for s in specs:
             dst = tmp / "adapters" / folder_name(s.name)

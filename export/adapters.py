@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynalora.core.atomic import atomic_dir
+from dynalora.core.outdir import OutLock
 from dynalora.core.inject import HEAD_NAMES, adapter_layers
 from dynalora.core.layer import DynamicLoRALayer, example_variance
 from dynalora.export.common import (
@@ -279,7 +280,7 @@ def export_adapters(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.Pa
     batch = torch.export.Dim("batch_size")
     seq = torch.export.Dim("sequence_length", max=int(max_positions)) if max_positions else torch.export.Dim("sequence_length")
     dynamic = (tuple({0: batch, 1: seq} for _ in id_names), tuple(None for _ in param_names))
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with OutLock(out, "export"), atomic_dir(out, overwrite=overwrite) as tmp:  # one writer at a time
         raw = tmp / ".work" / "graph.onnx"
         raw.parent.mkdir()
         try:

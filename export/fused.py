@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from dynalora.core.atomic import atomic_dir
+from dynalora.core.outdir import OutLock
 from dynalora.core.errors import DynaloraError
 from dynalora.export.common import PARITY_ATOL_FP32, base_manifest, max_abs, opset_of, refuse_existing, session, write_export_manifest
 from dynalora.export.errors import ExportError
@@ -140,7 +141,7 @@ def export_fused(fuse_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
     batches = {"mixed_tasks": _encode(tok, mixed, ml, ids), "single": _encode(tok, mixed[:1], ml, ids),
                "short_seq": _encode(tok, mixed[: len(fusion.specs)], min(ml, 8), ids)}
     names = [s.name for s in fusion.specs]
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with OutLock(out, "export"), atomic_dir(out, overwrite=overwrite) as tmp:  # one writer at a time
         export_graph(fused, tok, batches["mixed_tasks"], tmp / "model.onnx", opset)
         sess = session(tmp / "model.onnx")
         verification = verify(sess, fused, batches)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dynalora.core.atomic import atomic_dir
+from dynalora.core.outdir import OutLock
 from dynalora.export.common import (
     PARITY_ATOL_FP32,
     accuracy,
@@ -139,7 +140,7 @@ def export_merged(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
     reference = torch_logits(merged, feeds)
     verification: dict[str, Any] = {"inputs": f"{len(examples[:VERIFY_BATCH])} evaluation texts of {run.path.name}"}
 
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with OutLock(out, "export"), atomic_dir(out, overwrite=overwrite) as tmp:  # one writer at a time
         work = tmp / WORK
         merged.save_pretrained(tmp / "torch", safe_serialization=True)
         merged.config.save_pretrained(tmp)
@@ -256,7 +257,7 @@ def export_base(model: str, out: str | os.PathLike[str], *, task_kind: str = "te
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with OutLock(out, "export"), atomic_dir(out, overwrite=overwrite) as tmp:  # one writer at a time
         work = tmp / WORK
         plain = optimum_export(path, work / "plain", task_kind, opset)
         for item in (work / "plain").iterdir():  # config, generation config, tokenizer files

@@ -182,14 +182,18 @@ def test_torchrun_multiple_choice_matches_single_process(assets: dict[str, Path]
     assert_same_run(single, out, world=2)
 
 
-def test_torchrun_recovers_from_worker_crash(assets: dict[str, Path], baseline: Path) -> None:
-    out, marker = assets["root"] / "torchrun-fault", assets["root"] / "torchrun-fault.fired"
-    # the injected fault fires once (marker file); restarts=3 rather than 1 so that a restart whose gloo
-    # re-connect is refused on a loaded machine (seen once: "connectFullMesh ... Connection refused") gets
-    # another attempt, as a production job would configure it. Every attempt resumes from the checkpoint.
-    proc = torchrun(assets, out, restarts=3, DYNALORA_FAULT_STEP="25", DYNALORA_FAULT_MARKER=str(marker))
+@pytest.mark.parametrize("kind", ["exit", "sigkill"])
+def test_torchrun_recovers_from_worker_crash(kind: str, assets: dict[str, Path], baseline: Path) -> None:
+    out, marker = assets["root"] / f"torchrun-{kind}", assets["root"] / f"torchrun-{kind}.fired"
+    # The injected fault fires once (marker file); one restart must be enough: each attempt sets up
+    # gloo in its own store namespace (collective.py), and any stalled stage ends its worker within
+    # DYNALORA_DIST_TIMEOUT_S (60 s here), which torchrun turns into a restart, never a hang.
+    # scripts/reliability.py runs this (and more faults) 20 times under load.
+    proc = torchrun(assets, out, restarts=1, DYNALORA_FAULT_STEP="25", DYNALORA_FAULT_MARKER=str(marker),
+                    DYNALORA_FAULT_KIND=kind)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert marker.is_file() and "rank 1 exits after step 25" in proc.stderr
+    expected = "rank 1 exits after step 25" if kind == "exit" else "rank 1 killed (SIGKILL) after step 25"
+    assert marker.is_file() and expected in proc.stderr
     assert_same_run(baseline, out, world=2)
 
 

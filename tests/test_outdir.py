@@ -215,3 +215,36 @@ def test_lock_is_held_for_the_run_lifetime(tiny_dirs, csv_data, tmp_path) -> Non
     train(cfg, hooks=TrainHooks(on_step=probe))
     assert seen == [True, True, True] and time.monotonic() - start < 120
     OutLock(out).acquire().release()  # free again afterwards
+
+
+# ---- exports and fusions follow the same rule -----------------------------------------------------
+@pytest.mark.parametrize("argv", [
+    ["export", "merged", "--run", "{run}", "--out", "{out}", "--overwrite"],
+    ["export", "adapters", "--runs", "{run}", "--out", "{out}", "--overwrite"],
+    ["fuse", "train", "--runs", "{run}", "{run}", "--out", "{out}", "--overwrite"],
+])
+def test_export_and_fuse_overwrite_refuse_foreign_folders(argv, finished_run, tmp_path, capsys) -> None:
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "data.csv").write_text("a,b\n")
+    line = _error(capsys, [a.format(run=finished_run, out=user) for a in argv])
+    assert "did not write" in line
+    assert [p.name for p in user.iterdir()] == ["data.csv"]
+    assert not any(p.name.startswith(".mine.") for p in tmp_path.iterdir())
+
+
+def test_export_overwrite_replaces_its_own_export(finished_run, tmp_path, capsys) -> None:
+    out = tmp_path / "exp"
+    assert main(["export", "merged", "--run", str(finished_run), "--out", str(out)]) == 0
+    assert read_marker(out)["kind"] == "export"
+    first = (out / "manifest.json").read_bytes()
+    line = _error(capsys, ["export", "merged", "--run", str(finished_run), "--out", str(out)])
+    assert "--overwrite" in line
+    with OutLock(out):
+        line = _error(capsys, ["export", "merged", "--run", str(finished_run), "--out", str(out), "--overwrite"])
+        assert "being written by another dynalora process" in line
+    assert (out / "manifest.json").read_bytes() == first
+    assert main(["export", "merged", "--run", str(finished_run), "--out", str(out), "--overwrite"]) == 0
+    from dynalora.edge_runtime import load
+
+    load(out)  # the manifest (checksums) covers the marker too
