@@ -216,7 +216,8 @@ def one_run(name: str, i: int, assets: dict[str, Path], baseline: Path, bound: f
 
 
 def _last_error(stderr: str) -> str:
-    lines = [ln.strip() for ln in stderr.splitlines() if "error" in ln.lower() or "Error" in ln]
+    lines = [ln.strip() for ln in stderr.splitlines() if "dynalora: error" in ln or "Error:" in ln and "Traceback" not in ln]
+    lines = lines or [ln.strip() for ln in stderr.splitlines() if "error" in ln.lower()]
     return (lines[-1] if lines else (stderr.strip().splitlines() or ["(no output)"])[-1])[:240]
 
 
