@@ -182,18 +182,25 @@ def test_torchrun_multiple_choice_matches_single_process(assets: dict[str, Path]
     assert_same_run(single, out, world=2)
 
 
-@pytest.mark.parametrize("kind", ["exit", "sigkill"])
-def test_torchrun_recovers_from_worker_crash(kind: str, assets: dict[str, Path], baseline: Path) -> None:
+@pytest.mark.parametrize("kind, step, expected", [
+    ("exit", "25", "rank 1 exits after step 25"),
+    ("sigkill", "25", "rank 1 killed (SIGKILL) after step 25"),
+    ("ckpt-write", "20", "rank 0 killed while writing the checkpoint of step 20"),
+    ("corrupt-ckpt", "20", "rank 0 corrupted the checkpoint of step 20 and was killed"),
+])
+def test_torchrun_recovers_from_worker_crash(kind: str, step: str, expected: str, assets: dict[str, Path], baseline: Path) -> None:
     out, marker = assets["root"] / f"torchrun-{kind}", assets["root"] / f"torchrun-{kind}.fired"
     # The injected fault fires once (marker file); one restart must be enough: each attempt sets up
     # gloo in its own store namespace (collective.py), and any stalled stage ends its worker within
     # DYNALORA_DIST_TIMEOUT_S (60 s here), which torchrun turns into a restart, never a hang.
-    # scripts/reliability.py runs this (and more faults) 20 times under load.
-    proc = torchrun(assets, out, restarts=1, DYNALORA_FAULT_STEP="25", DYNALORA_FAULT_MARKER=str(marker),
+    # scripts/reliability.py runs these faults 20 times each under load.
+    proc = torchrun(assets, out, restarts=1, DYNALORA_FAULT_STEP=step, DYNALORA_FAULT_MARKER=str(marker),
                     DYNALORA_FAULT_KIND=kind)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    expected = "rank 1 exits after step 25" if kind == "exit" else "rank 1 killed (SIGKILL) after step 25"
     assert marker.is_file() and expected in proc.stderr
+    if kind == "corrupt-ckpt":  # the restart fell back to the intact step-10 checkpoint, and said so once
+        notices = [ln for ln in proc.stderr.splitlines() if "is unreadable" in ln]
+        assert len(notices) == 1 and "checkpoint step-0000020" in notices[0] and "resuming from step-0000010" in notices[0]
     assert_same_run(baseline, out, world=2)
 
 
