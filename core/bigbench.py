@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dynalora.core.task import CLASSIFICATION, MULTIPLE_CHOICE, Example, TaskData, TaskSpec, seeded_split
+from dynalora.core.task import CLASSIFICATION, MULTIPLE_CHOICE, Example, TaskData, TaskSpec, read_utf8, seeded_split
 from dynalora.core.errors import DataError
 
 _DEFAULT_EVAL_FRACTION = 0.2
@@ -34,7 +34,7 @@ _OUTPUT_PREFIX = "\nA: "
 
 def _read(path: Path, name: str) -> dict[str, Any]:
     try:
-        task = json.loads(path.read_text(encoding="utf-8"))
+        task = json.loads(read_utf8(path))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: invalid JSON ({exc.msg})") from None
     examples = task.get("examples") if isinstance(task, dict) else None
@@ -47,7 +47,7 @@ def _read(path: Path, name: str) -> dict[str, Any]:
 def _task_files(root: Path, name: str) -> list[Path]:
     folder = root / name
     subtasks = sorted(folder.glob("*/task.json")) if folder.is_dir() else []
-    if (folder / "task.json").is_file() and not (subtasks and '"examples"' not in (folder / "task.json").read_text(encoding="utf-8")):
+    if (folder / "task.json").is_file() and not (subtasks and '"examples"' not in read_utf8(folder / "task.json")):
         return [folder / "task.json"]  # a task of its own (a parent task.json without examples lists subtasks)
     if not subtasks:
         raise DataError(f"missing BIG-bench task file {folder / 'task.json'}")

@@ -8,15 +8,44 @@ change. The resolved config is written to `RUN/config.yaml` and read back by `lo
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from dynalora.core.errors import ConfigError
+from dynalora.core.errors import ConfigError, not_utf8_message
 
 INPUT_ADAPTIVE_MODES = ("off", "layer", "per-example")
+DEVICE_PATTERN = re.compile(r"cpu|auto|mps|(cuda|xpu)(:\d+)?")
+SEED_LIMIT = 1 << 32  # seeds are combined with step numbers into torch's 64-bit generator seeds
+MAX_LENGTH_LIMIT = 1 << 20  # tokens: beyond any model's context; larger values only overflow the tokenizer
+SECTIONS = ("lora", "dynamic")
+# command-line flags whose name differs from the field name: (section, field) -> flag
+FLAG_RENAMES = {("lora", "dropout"): "lora-dropout", ("lora", "alpha"): "lora-alpha"}
+
+
+def flag_name(section: str, name: str) -> str:
+    """The command-line flag of a config field: `--max-rank`, `--lora-alpha`, ..."""
+    return "--" + FLAG_RENAMES.get((section, name), name.replace("_", "-"))
+
+
+def _is_eval_size(value: float) -> bool:
+    """A fraction in (0, 1) or a whole count >= 1 (1.5 examples is neither)."""
+    return 0.0 < value < 1.0 or (value >= 1 and float(value).is_integer())
+
+
+def _check_finite(obj: Any, section: str) -> None:
+    """Every float field must be a finite number: inf / nan would train silently into NaN."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{flag_name(section, f.name)} must be a finite number, got {value}")
 
 
 @dataclass
@@ -36,6 +65,7 @@ class LoRAConfig:
         return self.max_rank if self.max_rank is not None else 2 * self.rank
 
     def validate(self) -> None:
+        _check_finite(self, "lora")
         if self.rank < 1:
             raise ConfigError(f"--rank must be >= 1, got {self.rank}")
         if self.min_rank < 0:
@@ -51,9 +81,9 @@ class LoRAConfig:
                 "lower --min-rank or raise --rank"
             )
         if self.alpha <= 0:
-            raise ConfigError(f"lora alpha must be > 0, got {self.alpha}")
+            raise ConfigError(f"--lora-alpha must be > 0, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"lora dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"--lora-dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass
@@ -83,24 +113,29 @@ class DynamicConfig:
         return not self.reallocate and self.input_adaptive == "off"
 
     def validate(self) -> None:
+        _check_finite(self, "dynamic")
         if self.input_adaptive not in INPUT_ADAPTIVE_MODES:
             raise ConfigError(
                 f"--input-adaptive must be one of {', '.join(INPUT_ADAPTIVE_MODES)}, got {self.input_adaptive!r}"
             )
         if not 0.0 <= self.input_weight <= 1.0:
-            raise ConfigError(f"input_weight must be in [0, 1], got {self.input_weight}")
+            raise ConfigError(f"--input-weight must be in [0, 1], got {self.input_weight}")
         if not 0.0 <= self.warmup_frac < self.final_frac <= 1.0:
             raise ConfigError(
-                f"need 0 <= warmup_frac < final_frac <= 1, got {self.warmup_frac} and {self.final_frac}"
+                f"need 0 <= --warmup-frac < --final-frac <= 1, got {self.warmup_frac} and {self.final_frac}"
             )
         if not 0.0 < self.interval_frac <= 1.0:
-            raise ConfigError(f"interval_frac must be in (0, 1], got {self.interval_frac}")
+            raise ConfigError(f"--interval-frac must be in (0, 1], got {self.interval_frac}")
         if not 0.0 <= self.ema < 1.0:
-            raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
-        if self.sketch_dim < 2 or self.stat_stride < 1:
-            raise ConfigError("sketch_dim must be >= 2 and stat_stride >= 1")
-        if self.example_gamma < 0 or not 0.0 < self.example_min_frac <= 1.0:
-            raise ConfigError("example_gamma must be >= 0 and example_min_frac in (0, 1]")
+            raise ConfigError(f"--ema must be in [0, 1), got {self.ema}")
+        if self.sketch_dim < 2:
+            raise ConfigError(f"--sketch-dim must be >= 2, got {self.sketch_dim}")
+        if self.stat_stride < 1:
+            raise ConfigError(f"--stat-stride must be >= 1, got {self.stat_stride}")
+        if self.example_gamma < 0:
+            raise ConfigError(f"--example-gamma must be >= 0, got {self.example_gamma}")
+        if not 0.0 < self.example_min_frac <= 1.0:
+            raise ConfigError(f"--example-min-frac must be in (0, 1], got {self.example_min_frac}")
 
 
 @dataclass
@@ -152,6 +187,12 @@ class TrainConfig:
     def validate(self) -> None:
         self.lora.validate()
         self.dynamic.validate()
+        _check_finite(self, "")
+        for name in ("train_file", "eval_file", "data_dir", "storage_path", "ray_address"):
+            if getattr(self, name) == "":
+                raise ConfigError(f"{flag_name('', name)} is empty: pass a value or leave the option out")
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ConfigError(f"--device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
         if not self.out:
             raise ConfigError("--out is required: the folder the run is written to")
         if self.steps is not None and self.steps < 1:
@@ -166,8 +207,30 @@ class TrainConfig:
             )
         if self.lr <= 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.warmup_ratio <= 1.0:
+            raise ConfigError(f"--warmup-ratio must be in [0, 1], got {self.warmup_ratio}")
+        if self.eval_size is not None and not _is_eval_size(self.eval_size):
+            raise ConfigError(
+                f"--eval-size must be a fraction in (0, 1) or a whole number of examples >= 1, got {self.eval_size:g}"
+            )
+        for flag, count in (("--max-train", self.max_train), ("--max-eval", self.max_eval)):
+            if count is not None and count < 1:
+                raise ConfigError(f"{flag} must be >= 1, got {count}")
+        if not -SEED_LIMIT < self.seed < SEED_LIMIT:
+            raise ConfigError(f"--seed must be between {-SEED_LIMIT + 1} and {SEED_LIMIT - 1}, got {self.seed}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        for flag, every in (("--eval-every", self.eval_every), ("--checkpoint-every", self.checkpoint_every)):
+            if every < 0:
+                raise ConfigError(f"{flag} must be >= 0 (0: off), got {every}")
+        if self.log_every < 1:
+            raise ConfigError(f"--log-every must be >= 1, got {self.log_every}")
         if self.max_length < 2:
             raise ConfigError(f"--max-length must be >= 2, got {self.max_length}")
+        if self.max_length > MAX_LENGTH_LIMIT:
+            raise ConfigError(f"--max-length {self.max_length} is beyond any model's context ({MAX_LENGTH_LIMIT} tokens at most)")
         if self.objective not in ("auto", "classifier", "choice"):
             raise ConfigError(f"unknown objective {self.objective!r}: use auto, classifier or choice")
         if self.backend not in ("local", "torchrun", "ray"):
@@ -187,9 +250,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        data = dict(data)
-        lora = _build(LoRAConfig, data.pop("lora", None) or {}, "lora")
-        dynamic = _build(DynamicConfig, data.pop("dynamic", None) or {}, "dynamic")
+        """Build from a mapping (YAML, flags): each value is checked against the field's type."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"the configuration must be a mapping of option: value, got {_show(data)}")
+        data = _normalise_keys(data, "")
+        sections = {name: _section(data.pop(name, None), name) for name in SECTIONS}
+        lora = _build(LoRAConfig, sections["lora"], "lora")
+        dynamic = _build(DynamicConfig, sections["dynamic"], "dynamic")
         cfg = _build(cls, data, "")
         cfg.lora, cfg.dynamic = lora, dynamic
         return cfg
@@ -197,25 +264,116 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a folder; pass a YAML file")
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
+        raw = path.read_bytes()
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {not_utf8_message(path, raw, exc)}") from None
+        try:
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of option: value")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+# ---- building from untyped input (YAML, flags) ---------------------------------------------------
+def _show(value: Any) -> str:
+    text = repr(value)
+    return f"{text[:60]}..." if len(text) > 60 else text
+
+
+def _option(section: str, name: str) -> str:
+    return f"{section}.{name}" if section else name
+
+
+def _normalise_keys(data: dict[Any, Any], section: str) -> dict[str, Any]:
+    """`max-rank` and `max_rank` are the same option; giving both is an error."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name in out:
+            raise ConfigError(f"option {_option(section, name)!r} is given twice (as {name} and {key})")
+        out[name] = value
+    return out
+
+
+def _section(value: Any, name: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"option {name!r} must be a mapping of {name} options (e.g. {name}: {{...}}), got {_show(value)}")
+    return _normalise_keys(value, name)
+
+
+def _type_name(kind: Any) -> str:
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        return " or ".join(_type_name(k) for k in typing.get_args(kind))
+    if typing.get_origin(kind) is list:
+        item = typing.get_args(kind)[0]
+        return "a list of " + {str: "strings", int: "integers", float: "numbers"}.get(item, str(item))
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    return names.get(kind, getattr(kind, "__name__", str(kind)))
+
+
+_NO_MATCH = object()
+
+
+def _convert(kind: Any, value: Any) -> Any:
+    """`value` as type `kind`, or _NO_MATCH. Exact types only: no "4" -> 4, no 4.0 -> 4, no 1 -> True."""
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        for option in typing.get_args(kind):
+            converted = _convert(option, value)
+            if converted is not _NO_MATCH:
+                return converted
+        return _NO_MATCH
+    if kind is type(None):
+        return None if value is None else _NO_MATCH
+    if kind is bool:
+        return value if isinstance(value, bool) else _NO_MATCH
+    if kind is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _NO_MATCH
+    if kind is float:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _NO_MATCH
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        return os.fspath(value) if isinstance(value, os.PathLike) else _NO_MATCH  # Path objects from Python callers
+    if typing.get_origin(kind) is list:
+        if not isinstance(value, (list, tuple)):
+            return _NO_MATCH
+        (item,) = typing.get_args(kind)
+        items = [_convert(item, v) for v in value]
+        return _NO_MATCH if any(v is _NO_MATCH for v in items) else items
+    raise TypeError(f"unsupported config field type {kind!r}")  # pragma: no cover - a new field type
+
+
 def _build(kind: type, data: dict[str, Any], section: str) -> Any:
-    names = {f.name for f in dataclasses.fields(kind)} - {"lora", "dynamic"}
+    hints = typing.get_type_hints(kind)
+    names = {f.name for f in dataclasses.fields(kind)} - set(SECTIONS)
+    data = _normalise_keys(data, section)
     unknown = sorted(set(data) - names)
     if unknown:
         where = f" in section '{section}'" if section else ""
         raise ConfigError(f"unknown option(s){where}: {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    data = {k.replace("-", "_"): v for k, v in data.items()}
-    return kind(**data)
+    values = {}
+    for name, value in data.items():
+        converted = _convert(hints[name], value)
+        if converted is _NO_MATCH:
+            raise ConfigError(
+                f"option {_option(section, name)!r} ({flag_name(section, name)}) must be {_type_name(hints[name])}, "
+                f"got {_show(value)} ({type(value).__name__})"
+            )
+        values[name] = converted
+    return kind(**values)

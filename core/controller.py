@@ -15,6 +15,7 @@ Nothing here imports torch.distributed: the collective is passed in.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from typing import Any, Protocol
@@ -22,9 +23,9 @@ from typing import Any, Protocol
 import torch
 
 from dynalora.core import importance
-from dynalora.core.allocation import allocate_ranks, check_budget, plan_layer
+from dynalora.core.allocation import allocate_ranks, check_budget, largest_average_rank, plan_layer
 from dynalora.core.config import DynamicConfig, LoRAConfig
-from dynalora.core.errors import DynaloraError
+from dynalora.core.errors import ConfigError, DynaloraError
 from dynalora.core.layer import AdapterContext, DynamicLoRALayer
 from dynalora.core.schedule import RankSchedule
 from dynalora.core.statistics import StatsBuffer
@@ -78,12 +79,15 @@ class RankController:
         self.seed = seed
         self.budget = lora.rank * len(self.layers)
         self.min_rank = lora.min_rank
-        self.max_rank = min(lora.resolved_max_rank(not dynamic.is_static), min(l.capacity for l in self.layers))
+        self.max_rank = lora.resolved_max_rank(not dynamic.is_static)
+        # a layer's rank never exceeds its capacity nor its width min(in_features, out_features)
+        self.caps = [min(l.capacity, l.width) for l in self.layers]
         self.schedule = RankSchedule.from_config(dynamic, total_steps)
         self.per_example = dynamic.input_adaptive == "per-example"
         self.input_weight = dynamic.input_weight if dynamic.uses_input_stats else 0.0
         self.active = dynamic.reallocate or self.per_example
-        check_budget(len(self.layers), self.budget, self.min_rank, self.max_rank)
+        _check_widths(self.layers, lora, not dynamic.is_static, self.caps)
+        check_budget(len(self.layers), self.budget, self.min_rank, self.max_rank, self.caps)
         context.per_example = self.per_example
         context.example_gamma = dynamic.example_gamma
         context.example_min_frac = dynamic.example_min_frac
@@ -168,7 +172,7 @@ class RankController:
         scores = importance.mix_scores(densities, self.complexity, self.input_weight)
         if self.cfg.reallocate:
             current = [l.rank for l in self.layers]
-            targets = allocate_ranks(scores, self.budget, self.min_rank, self.max_rank, current=current)
+            targets = allocate_ranks(scores, self.budget, self.min_rank, self.max_rank, current=current, caps=self.caps)
             for i, (layer, target) in enumerate(zip(self.layers, targets, strict=True)):
                 self._apply(i, layer, target, step, optimizer, densities[i])
         for i, layer in enumerate(self.layers):
@@ -283,6 +287,26 @@ class RankController:
         if self.stats is not None:
             self.stats.flat.copy_(state["stats_flat"].to(self.stats.flat.device))
             self.context.stats = self.stats if int(state["collecting"]) else None
+
+
+def _check_widths(layers: list[DynamicLoRALayer], lora: LoRAConfig, dynamic: bool, caps: list[int]) -> None:
+    """Refuse an average --rank that the layers' widths cannot hold, naming the largest one that fits."""
+    n = len(layers)
+    fits = sum(min(lora.resolved_max_rank(dynamic), c) for c in caps)
+    if not layers or lora.rank * n <= fits:
+        return
+    widths = [l.width for l in layers]
+
+    def max_rank_for(r: int) -> int:
+        return dataclasses.replace(lora, rank=r).resolved_max_rank(dynamic)
+
+    best = largest_average_rank(widths, max_rank_for)
+    span = f"{min(widths)}" if min(widths) == max(widths) else f"{min(widths)}..{max(widths)}"
+    raise ConfigError(
+        f"impossible budget: --rank {lora.rank} over {n} adapted layers needs {lora.rank * n} ranks, but a layer's rank "
+        f"is capped by its width min(in_features, out_features) = {span} (and by the max rank): {fits} in all; "
+        f"the largest possible average rank is {best}: lower --rank"
+    )
 
 
 def _reset_optimizer_slots(optimizer: torch.optim.Optimizer, layer: DynamicLoRALayer, idx: torch.Tensor) -> None:

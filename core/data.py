@@ -21,7 +21,9 @@ import bz2
 import csv
 import importlib.metadata
 import importlib.util
+import io
 import json
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +42,7 @@ from dynalora.core.task import (  # noqa: F401 - re-exported: the public types l
     TaskData,
     TaskSpec,
     example_key,
+    read_utf8,
     seeded_split,
     truncate,
 )
@@ -119,41 +122,60 @@ def _refuse_eval_size(eval_size: int | float | None, why: str) -> None:
 
 def _read_records(path_str: str) -> list[tuple[int, dict[str, Any]]]:
     path = Path(path_str).expanduser()
+    if path.is_dir():
+        raise DataError(f"data file {path} is a folder; pass a .csv, .tsv or .jsonl file")
     if not path.is_file():
         raise DataError(f"missing data file {path}")
     suffix = path.suffix.lower()
-    records: list[tuple[int, dict[str, Any]]] = []
-    if suffix == ".jsonl":
-        with open(path, encoding="utf-8-sig") as fh:
-            for line, raw in enumerate(fh, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    obj = json.loads(raw)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{line}: invalid JSON ({exc.msg})") from None
-                if not isinstance(obj, dict):
-                    raise DataError(f"{path}:{line}: expected a JSON object per line")
-                records.append((line, obj))
-    elif suffix in (".csv", ".tsv"):
-        # TSV is read unquoted (GLUE style: quotes are text); CSV uses standard quoting.
-        kwargs: dict[str, Any] = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
-        with open(path, encoding="utf-8-sig", newline="") as fh:
-            reader = csv.DictReader(fh, **kwargs)
-            for row in reader:
-                records.append((reader.line_num, row))
-            columns = reader.fieldnames or []
-        for column in ("text", "label"):
-            if column not in columns:
-                raise DataError(f"{path}: missing column {column!r} (found {columns})")
-    else:
+    if suffix not in (".jsonl", ".csv", ".tsv"):
         raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv or .jsonl")
+    text = read_utf8(path)
+    records = _jsonl_records(path, text) if suffix == ".jsonl" else _delimited_records(path, text, suffix == ".tsv")
     for line, rec in records:
         for column in ("text", "label"):
             if rec.get(column) is None or rec.get(column) == "":
                 raise DataError(f"{path}:{line}: missing column {column!r}")
+        for column in ("text", "text_pair", "label"):
+            if isinstance(rec.get(column), (list, dict)):
+                raise DataError(f"{path}:{line}: {column!r} must be a string or a number, got {type(rec[column]).__name__}")
+        if _label_kind(rec["label"]) == "float" and not math.isfinite(float(rec["label"])):
+            raise DataError(f"{path}:{line}: label {rec['label']!r} is not a finite number")
     if not records:
         raise DataError(f"{path} holds no examples")
+    return records
+
+
+def _jsonl_records(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    records: list[tuple[int, dict[str, Any]]] = []
+    for line, raw in enumerate(io.StringIO(text, newline=None), start=1):  # universal newlines, as open()
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{line}: invalid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise DataError(f"{path}:{line}: JSON nested too deeply") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{line}: expected a JSON object per line")
+        records.append((line, obj))
+    return records
+
+
+def _delimited_records(path: Path, text: str, tsv: bool) -> list[tuple[int, dict[str, Any]]]:
+    # TSV is read unquoted (GLUE style: quotes are text); CSV uses standard quoting.
+    kwargs: dict[str, Any] = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {}
+    records: list[tuple[int, dict[str, Any]]] = []
+    reader = csv.DictReader(io.StringIO(text, newline=""), **kwargs)
+    try:
+        for row in reader:
+            records.append((reader.line_num, row))
+        columns = reader.fieldnames or []
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: not a valid {'TSV' if tsv else 'CSV'} file ({exc})") from None
+    for column in ("text", "label"):
+        if column not in columns:
+            raise DataError(f"{path}: missing column {column!r} (found {columns})")
     return records
 
 
@@ -176,10 +198,19 @@ def _label_kind(value: Any) -> str:
     return "str"
 
 
-def _infer_spec(name: str, records: list[tuple[int, dict[str, Any]]]) -> tuple[TaskSpec, Callable[[Any], Any]]:
-    """Label set and a raw-label -> label function, inferred from the train labels."""
+def _infer_spec(name: str, records: list[tuple[int, dict[str, Any]]],
+                path: str = "") -> tuple[TaskSpec, Callable[[Any], Any]]:
+    """Label set and a raw-label -> label function, inferred from the train labels.
+
+    Labels must be all numbers (classes or regression values) or all names: a mix is a data error.
+    """
     raws = [rec["label"] for _, rec in records]
     kinds = {_label_kind(v) for v in raws}
+    if "str" in kinds and len(kinds) > 1:
+        number = next((line, rec["label"]) for line, rec in records if _label_kind(rec["label"]) != "str")
+        word = next((line, rec["label"]) for line, rec in records if _label_kind(rec["label"]) == "str")
+        raise DataError(f"{path or name}: labels mix numbers and names ({number[1]!r} on line {number[0]}, "
+                        f"{word[1]!r} on line {word[0]}); use one kind of label")
     has_pair = any(rec.get("text_pair") not in (None, "") for _, rec in records)
     if kinds == {"int"}:
         values = sorted({int(v) for v in raws})
@@ -288,7 +319,7 @@ def _load_files(task: str | None, train_file: str, eval_file: str | None, seed: 
         mapper = _fixed_mapper(spec)
         checked = f", labels checked against {task}"
     else:
-        spec, mapper = _infer_spec(task or Path(train_file).stem, train_records)
+        spec, mapper = _infer_spec(task or Path(train_file).stem, train_records, train_file)
         checked = ""
     train = _to_examples(train_file, train_records, spec, mapper)
     evals = _to_examples(eval_file, _read_records(eval_file), spec, mapper) if eval_file is not None else []

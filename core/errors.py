@@ -28,3 +28,14 @@ class ModelError(DynaloraError):
 
 class CheckpointError(DynaloraError):
     """A corrupt, truncated or incompatible checkpoint / adapter / run folder."""
+
+
+def not_utf8_message(path: object, data: bytes, exc: UnicodeDecodeError) -> str:
+    """'PATH is not UTF-8 text (byte 0xff at offset 12, line 2); ...' for a file that failed to decode.
+
+    `exc` must come from decoding `data` as a whole, so that its offsets are file offsets.
+    """
+    offset = exc.start
+    line = data.count(b"\n", 0, offset) + 1
+    return (f"{path} is not UTF-8 text (byte 0x{data[offset]:02x} at offset {offset}, line {line}); "
+            "re-save it as UTF-8")

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from dynalora.core.errors import DataError
-from dynalora.core.task import CLASSIFICATION, REGRESSION, Example, TaskData, TaskSpec
+from dynalora.core.task import CLASSIFICATION, REGRESSION, Example, TaskData, TaskSpec, read_utf8
 
 @dataclass(frozen=True)
 class _Glue:
@@ -70,11 +71,13 @@ def _read_tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of a tab-separated file without quoting (GLUE text has bare quotes)."""
     if not path.is_file():
         raise DataError(f"missing data file {path}")
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+    reader = csv.reader(io.StringIO(read_utf8(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    try:
         for row in reader:
             if row:
                 yield reader.line_num, row
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: not a valid TSV file ({exc})") from None
 
 
 def _column(header: list[str], name: str | int, path: Path) -> int:

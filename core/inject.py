@@ -13,8 +13,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from dynalora.core.allocation import allocate_ranks
 from dynalora.core.errors import ModelError
-from dynalora.core.layer import AdapterContext, Conv1D, DynamicLoRALayer
+from dynalora.core.layer import AdapterContext, Conv1D, DynamicLoRALayer, base_shape
 
 # model_type -> default target leaf names (the attention query/value projections, as LoRA's paper)
 DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
@@ -93,22 +94,27 @@ def inject_adapters(
     """Wrap the target layers in place; returns ({full name: layer}, shared context).
 
     `capacity` / `rank` are one int for every layer or a {full name: int} map (used when a saved
-    run with per-layer ranks is restored).
+    run with per-layer ranks is restored: taken as given). One int is capped, per layer, by the
+    layer's width min(in_features, out_features); one int rank is the average: a layer narrower
+    than it holds its width and the rest is shared evenly by the others (see `initial_ranks`).
     """
     targets = tuple(targets) if targets else default_targets(model)
     names = find_targets(model, targets)
     for p in model.parameters():
         p.requires_grad_(False)
+    bases = {full: model.get_submodule(full) for full in names}
+    if isinstance(capacity, dict):
+        caps = {full: max(capacity[full], 1) for full in names}
+    else:
+        caps = {full: max(min(capacity, layer_width(bases[full])), 1) for full in names}
+    ranks = rank if isinstance(rank, dict) else dict(zip(names, initial_ranks(rank, [caps[n] for n in names]), strict=True))
     ctx = AdapterContext()
     layers: dict[str, DynamicLoRALayer] = {}
     for full in names:
         parent_name, _, leaf = full.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        base = getattr(parent, leaf)
-        cap = capacity[full] if isinstance(capacity, dict) else capacity
-        r = rank[full] if isinstance(rank, dict) else rank
         layer = DynamicLoRALayer(
-            base, capacity=max(cap, 1), rank=r, scaling=scaling, dropout=dropout, context=ctx, name=full
+            bases[full], capacity=caps[full], rank=ranks[full], scaling=scaling, dropout=dropout, context=ctx, name=full
         )
         setattr(parent, leaf, layer)
         layers[full] = layer
@@ -118,6 +124,24 @@ def inject_adapters(
     model.register_forward_pre_hook(_mask_hook(ctx), with_kwargs=True)
     model.dynalora_context = ctx  # type: ignore[attr-defined]
     return layers, ctx
+
+
+def layer_width(base: nn.Module) -> int:
+    """min(in_features, out_features) of an adaptable layer: the largest useful LoRA rank."""
+    in_f, out_f, _ = base_shape(base)
+    return min(in_f, out_f)
+
+
+def initial_ranks(rank: int, caps: Sequence[int]) -> list[int]:
+    """Average `rank` per layer under per-layer caps: the budget rank x L, spread evenly (water-filled).
+
+    Equal to `rank` everywhere when every cap allows it. When the caps cannot hold the budget, each
+    layer gets min(rank, cap) and the RankController refuses the budget with a clear message.
+    """
+    total = rank * len(caps)
+    if not caps or total > sum(caps):
+        return [min(rank, c) for c in caps]
+    return allocate_ranks([1.0] * len(caps), total, 0, max(caps), caps=caps)
 
 
 def _mask_hook(ctx: AdapterContext):  # noqa: ANN202

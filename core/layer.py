@@ -127,6 +127,11 @@ class DynamicLoRALayer(nn.Module):
         return self.lora_A.shape[0]
 
     @property
+    def width(self) -> int:
+        """min(in_features, out_features): the largest rank an update of this layer can have."""
+        return min(self.in_features, self.out_features)
+
+    @property
     def rank(self) -> int:
         return int(self.kept.sum())
 

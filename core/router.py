@@ -100,9 +100,11 @@ class RouterConfig:
     seed: int = field(default=0, metadata={"help": "init and shuffling seed"})
 
     def validate(self) -> None:
-        if self.hidden < 1 or self.epochs < 1 or self.batch_size < 1 or self.per_task < 1:
-            raise ConfigError("router hidden, epochs, batch_size and per_task must all be >= 1")
-        if self.lr <= 0 or not 0.0 <= self.dropout < 1.0:
+        for flag, value in (("--router-hidden", self.hidden), ("--router-epochs", self.epochs),
+                            ("router batch_size", self.batch_size), ("--router-per-task", self.per_task)):
+            if value < 1:
+                raise ConfigError(f"{flag} must be >= 1, got {value}")
+        if not (math.isfinite(self.lr) and self.lr > 0) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"router lr must be > 0 and dropout in [0, 1); got {self.lr}, {self.dropout}")
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from dynalora.core.errors import ConfigError
+from dynalora.core.errors import ConfigError, DataError, not_utf8_message
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
@@ -58,6 +59,15 @@ class TaskData:
     eval: list[Example]
     source: str
 
+
+
+def read_utf8(path: Path) -> str:
+    """The text of a data file (a UTF-8 byte-order mark is dropped); not UTF-8 is a DataError naming the byte."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(not_utf8_message(path, raw, exc)) from None
 
 
 # ---- seeded split and truncation ------------------------------------------------------------

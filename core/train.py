@@ -330,13 +330,14 @@ def _train(cfg: TrainConfig, out: Path, collective: Collective, hooks: TrainHook
     losses: list[float] = []
     if cfg.resume:
         found = load_latest_checkpoint(out)
-        for path, reason in found.skipped if is_main else []:
-            print(f"dynalora: checkpoint {path.name} is unreadable ({reason}); resuming from "
-                  f"{found.path.name if found.path else 'the start'}", file=sys.stderr, flush=True)
         if found.path is None:
+            why = f" ({found.skipped[0][1]})" if found.skipped else ""
             raise CheckpointError(
-                f"--resume: {out} has no intact checkpoint to continue from: start it again with --overwrite"
+                f"--resume: {out} has no intact checkpoint to continue from{why}: start it again with --overwrite"
             )
+        for path, reason in found.skipped if is_main else []:
+            print(f"dynalora: checkpoint {path.name} is unreadable ({reason}); resuming from {found.path.name}",
+                  file=sys.stderr, flush=True)
         tensors, meta = found.tensors, found.meta
         restore(model, optimizer, tensors, found.path)
         controller.load_state_dict({k[len("controller.") :]: v for k, v in tensors.items() if k.startswith("controller.")})

@@ -16,7 +16,10 @@ def register(sub: Any) -> None:
     up.add_argument("--dashboard-port", type=int, default=8265, help="dashboard / job submission port")
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for the cluster to accept jobs")
     up.set_defaults(func=_cmd_up)
-    down = actions.add_parser("down", help="stop the Ray processes of this user on this machine (`ray stop`)")
+    down = actions.add_parser(
+        "down", help="stop the Ray cluster(s) `cluster up` started (recorded in Ray's temp folder); others are left alone")
+    down.add_argument("--port", type=int, default=None, help="GCS port of the one recorded cluster to stop (default: all recorded)")
+    down.add_argument("--grace", type=float, default=10.0, help="seconds to wait after SIGTERM before SIGKILL (default 10)")
     down.set_defaults(func=_cmd_down)
 
 
@@ -27,13 +30,18 @@ def _cmd_up(args: argparse.Namespace) -> int:
     print(f"Ray cluster is up.\n  dashboard / jobs: {info.dashboard_url}\n  GCS address:      {info.gcs_address}")
     print(f"  submit:  export RAY_AUTH_MODE=token   # Ray clients send the token in ~/.ray/auth_token only then")
     print(f"           ray job submit --address {info.dashboard_url} --working-dir . -- python -m dynalora train --backend ray ...")
-    print("  stop:    dynalora cluster down")
+    print(f"  stop:    dynalora cluster down --port {args.port}   (without --port: every cluster `cluster up` started)")
     return 0
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
-    from dynalora.distributed.cluster import down
+    import math
 
-    down()
-    print("Ray cluster stopped.")
+    from dynalora.distributed.cluster import down
+    from dynalora.distributed.errors import ClusterError
+
+    if not (math.isfinite(args.grace) and args.grace >= 0):
+        raise ClusterError(f"--grace must be a finite number of seconds >= 0, got {args.grace}")
+    for line in down(port=args.port, grace_s=args.grace):
+        print(line)
     return 0

@@ -17,25 +17,20 @@ import argparse
 import dataclasses
 import os
 import sys
+import typing
 from collections.abc import Sequence
 from typing import Any
 
 from dynalora.core.errors import DynaloraError
 
-# flag names that differ from the dataclass field name (section, field) -> flag
-_RENAMES = {("lora", "dropout"): "lora-dropout", ("lora", "alpha"): "lora-alpha"}
-
-
-def _flag(section: str, name: str) -> str:
-    return "--" + _RENAMES.get((section, name), name.replace("_", "-"))
-
-
 def _add_dataclass_flags(parser: argparse.ArgumentParser, kind: type, section: str) -> None:
+    from dynalora.core.config import flag_name
+
     group = parser.add_argument_group(section or "training")
     for f in dataclasses.fields(kind):
         if f.name in ("lora", "dynamic"):
             continue
-        flag = _flag(section, f.name)
+        flag = flag_name(section, f.name)
         dest = f"{section}.{f.name}" if section else f.name
         help_text = f.metadata.get("help", "")
         ftype = str(f.type)
@@ -79,7 +74,25 @@ def config_from_args(args: argparse.Namespace) -> Any:
     if data.get("train_file") and "task" not in data:
         data["task"] = None  # own files: the task is named after the file, labels are not checked against a built-in
 
-    return TrainConfig.from_dict(data)
+    cfg = TrainConfig.from_dict(data)
+    # what the user actually set (flags and YAML keys, not defaults): --resume refuses those that differ
+    from dynalora.core.resume import explicit_keys
+
+    given = {k: v for k, v in vars(args).items() if k not in ("func", "config_file", "command", "static")}
+    nested: dict[str, Any] = {}
+    for key, value in given.items():
+        section, _, name = key.rpartition(".")
+        (nested.setdefault(section, {}) if section else nested)[name if section else key] = value
+    if args.static:
+        nested.setdefault("dynamic", {}).update(reallocate=False, input_adaptive="off")
+    if args.config_file:
+        import yaml
+
+        raw = yaml.safe_load(open(args.config_file, encoding="utf-8")) or {}
+        cfg.explicit_keys = explicit_keys(raw) | explicit_keys(nested)  # type: ignore[attr-defined]
+    else:
+        cfg.explicit_keys = explicit_keys(nested)  # type: ignore[attr-defined]
+    return cfg
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -114,8 +127,16 @@ def _tasks_parser(sub: Any) -> None:
     p.set_defaults(func=lambda a: print("\n".join(__import__("dynalora.core.data", fromlist=["list_tasks"]).list_tasks())) or 0)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error format: one line on stderr, exit code 2 (sub-parsers inherit it)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        print(f"dynalora: error: {self.prog}: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dynalora", description="Dynamic LoRA: train, export, benchmark.")
+    parser = _Parser(prog="dynalora", description="Dynamic LoRA: train, export, benchmark.")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _tasks_parser(sub)
@@ -132,7 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a flag argparse refused (2, one line printed by _Parser)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return int(args.func(args) or 0)
     except DynaloraError as exc:

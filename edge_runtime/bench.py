@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -30,7 +31,13 @@ from dynalora.core.atomic import atomic_path, write_json
 from dynalora.core.errors import DynaloraError
 from dynalora.edge_runtime.bench_worker import BenchError, OnnxEngine, TorchEngine
 from dynalora.edge_runtime.manifest import Manifest, read_manifest, verify_checksums
-from dynalora.edge_runtime.providers import available_providers, physical_cores, resolve_providers
+from dynalora.edge_runtime.providers import (
+    available_providers,
+    canonical_provider,
+    get_profile,
+    physical_cores,
+    resolve_providers,
+)
 
 SAMPLE_SENTENCES = (
     "The film is a gripping story with a great cast and a script that never lets go.",
@@ -44,6 +51,9 @@ SAMPLE_SENTENCES = (
 )
 # Loose defaults for comparing to PyTorch when the manifest records no tolerance.
 DEFAULT_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2, "int8": 5e-1}
+# Tokens (batch x seq) of one configuration: far beyond any edge workload, and the synthetic batch alone
+# would fill the memory of the machine long before a worker could time it.
+MAX_TOKENS = 1 << 20
 
 
 def parse_int_list(text: str | Sequence[int], flag: str, minimum: int = 1) -> list[int]:
@@ -58,6 +68,43 @@ def parse_int_list(text: str | Sequence[int], flag: str, minimum: int = 1) -> li
     if not values or any(not isinstance(v, int) or v < minimum for v in values):
         raise BenchError(f"{flag} takes integers >= {minimum}; got {text!r}")
     return list(dict.fromkeys(values))
+
+
+def check_arguments(threads: Sequence[int], batches: Sequence[int], seqs: Sequence[int], repeats: int, warmup: int,
+                    decode_tokens: int, profile: str | None, timeout_s: float) -> None:
+    """Refuse bad settings in the parent, before any export is read or any worker starts (one line each)."""
+    if profile is not None:
+        get_profile(profile)  # ProviderError naming the known profiles
+    cores = os.cpu_count() or 1
+    if max(threads) > cores:
+        raise BenchError(f"--threads {max(threads)} exceeds the {cores} logical cores of this machine: "
+                         "more threads than cores measures contention, not the model; use at most "
+                         f"--threads {cores}")
+    if max(batches) * max(seqs) > MAX_TOKENS:
+        raise BenchError(f"--batch {max(batches)} x --seq {max(seqs)} = {max(batches) * max(seqs)} tokens per run is "
+                         f"beyond the benchmark's {MAX_TOKENS} tokens; use a smaller --batch or --seq")
+    if repeats < 1:
+        raise BenchError(f"--repeats must be >= 1, got {repeats}")
+    if warmup < 0 or decode_tokens < 0:
+        raise BenchError(f"--warmup and --decode-tokens must be >= 0, got {warmup} and {decode_tokens}")
+    if not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise BenchError(f"--timeout must be a finite number of seconds > 0, got {timeout_s}")
+
+
+def check_output_path(flag: str, value: str | None, overwrite: bool) -> None:
+    """--json / --plot: a file path, not a folder; an existing file only with --overwrite."""
+    if not value:
+        return
+    path = Path(value)
+    if path.is_dir():
+        raise BenchError(f"{flag} {value} is a folder; give a file path")
+    if path.exists() and not overwrite:
+        raise BenchError(f"{flag} file {value} already exists; pass --overwrite or choose another path")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise BenchError(f"{flag} {value}: {parent} is a file, not a folder")
 
 
 def environment() -> dict[str, Any]:
@@ -167,8 +214,7 @@ def run_bench(export_dir: str | os.PathLike[str], providers: Sequence[str] | Non
     folder = Path(export_dir)
     threads, batches, seqs = (parse_int_list(threads, "--threads"), parse_int_list(batches, "--batch"),
                               parse_int_list(seqs, "--seq"))
-    if repeats < 1 or warmup < 0 or decode_tokens < 0:
-        raise BenchError("--repeats must be >= 1, --warmup and --decode-tokens >= 0")
+    check_arguments(threads, batches, seqs, repeats, warmup, decode_tokens, profile, timeout_s)
     manifest = read_manifest(folder)
     verify_checksums(folder, manifest)
     chosen = list(dict.fromkeys(resolve_providers(p, allow_fallback)[0] for p in (providers or [None])))
@@ -187,6 +233,10 @@ def run_bench(export_dir: str | os.PathLike[str], providers: Sequence[str] | Non
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    special = tokenizer.num_special_tokens_to_add()
+    if min(seqs) <= special:
+        raise BenchError(f"--seq {min(seqs)} leaves no room for text: the tokenizer adds {special} special tokens; "
+                         f"use --seq >= {special + 1}")
     engines = [("onnxruntime", p) for p in chosen] + ([("torch", "torch:cpu")] if compare_torch else [])
     configs = [(e, p, t, b, s) for e, p in engines for t in threads for b in batches for s in seqs]
     records: list[dict[str, Any]] = []
@@ -295,13 +345,15 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 def bench_main(args: argparse.Namespace) -> int:
     """Run `dynalora bench` from parsed flags; DynaloraError propagates for the CLI to print as one line."""
     for flag, value in (("--json", args.json), ("--plot", args.plot)):
-        if value and Path(value).exists() and not args.overwrite:
-            raise BenchError(f"{flag} file {value} already exists; pass --overwrite or choose another path")
+        check_output_path(flag, value, args.overwrite)
     if args.plot and not str(args.plot).lower().endswith(".png"):
         raise BenchError(f"--plot writes PNG: give a path ending in .png, not {args.plot!r}")
     providers = [p for p in args.provider.split(",") if p.strip()] if args.provider else None
-    result = run_bench(args.export, providers, parse_int_list(args.threads, "--threads"),
-                       parse_int_list(args.batch, "--batch"), parse_int_list(args.seq, "--seq"), args.compare_torch,
+    for name in providers or []:
+        canonical_provider(name)  # unknown names fail here, before the export is read
+    threads, batches, seqs = (parse_int_list(args.threads, "--threads"), parse_int_list(args.batch, "--batch"),
+                              parse_int_list(args.seq, "--seq"))
+    result = run_bench(args.export, providers, threads, batches, seqs, args.compare_torch,
                        args.repeats, args.warmup, allow_fallback=args.allow_fallback, profile=args.profile,
                        decode_tokens=args.decode_tokens, adapter=args.adapter, timeout_s=args.timeout)
     print(markdown_table(result))

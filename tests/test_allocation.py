@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from dynalora.core.allocation import allocate_ranks, continuous_targets, plan_layer
+from dynalora.core.allocation import allocate_ranks, check_budget, continuous_targets, largest_average_rank, plan_layer
 from dynalora.core.errors import ConfigError
 from dynalora.core.importance import mix_scores, participation_ratio
 
@@ -87,3 +87,49 @@ def test_current_ranks_break_near_ties() -> None:
     assert allocate_ranks([1, 1], 5, 0, 5, current=[2, 3]) == [2, 3]
     # a real move is not blocked: a clear score change still moves rank
     assert allocate_ranks([1, 3], 8, 0, 8, current=[4, 4]) == [2, 6]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_per_layer_caps_are_respected(seed: int) -> None:
+    rng = random.Random(seed)
+    n = rng.randint(1, 12)
+    lo, hi = rng.randint(0, 2), rng.randint(3, 16)
+    caps = [rng.randint(1, 20) for _ in range(n)]
+    bounds = [min(hi, c) for c in caps]
+    total = rng.randint(sum(min(lo, b) for b in bounds), sum(bounds))
+    scores = [rng.random() ** 3 for _ in range(n)]
+    r = allocate_ranks(scores, total, lo, hi, caps=caps)
+    assert sum(r) == total
+    assert all(min(lo, b) <= x <= b for x, b in zip(r, bounds, strict=True))
+    assert allocate_ranks(scores, total, lo, hi, caps=caps) == r
+
+
+def test_capped_layer_gives_its_share_to_the_others() -> None:
+    # layer 0 would get 8 of 12 but is 4 wide: it keeps 4, the others share the rest in proportion
+    assert allocate_ranks([2, 1, 1], 12, 1, 16, caps=[4, 32, 32]) == [4, 4, 4]
+    assert continuous_targets([2, 1, 1], 12, 1, [4, 16, 16]) == pytest.approx([4, 4, 4])
+    # a layer narrower than min_rank is bounded by its width on both sides
+    assert allocate_ranks([1, 1], 6, 2, 8, caps=[1, 8]) == [1, 5]
+
+
+def test_budget_beyond_the_caps_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="capped by layer width to 36 in all"):
+        check_budget(2, 40, 1, 40, caps=[4, 32])
+    with pytest.raises(ConfigError, match="impossible budget"):
+        allocate_ranks([1, 1], 40, 1, 40, caps=[4, 32])
+
+
+def test_largest_average_rank() -> None:
+    assert largest_average_rank([32] * 4, lambda r: 2 * r) == 32
+    assert largest_average_rank([6, 32], lambda r: 2 * r) == 19  # 19 x 2 = 38 = 6 + 32
+    assert largest_average_rank([6, 32], lambda r: r) == 6  # static: every layer holds exactly r
+    assert largest_average_rank([32, 32], lambda r: 8) == 8  # a fixed --max-rank 8
+    assert largest_average_rank([], lambda r: r) == 0
+
+
+def test_initial_ranks_keep_the_budget_under_caps() -> None:
+    from dynalora.core.inject import initial_ranks
+
+    assert initial_ranks(8, [32, 32, 32]) == [8, 8, 8]
+    assert initial_ranks(8, [6, 16]) == [6, 10]
+    assert initial_ranks(8, [4, 4]) == [4, 4]  # cannot hold 16: capped, and the controller refuses it

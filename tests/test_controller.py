@@ -137,3 +137,54 @@ def test_per_example_mode_calibrates_reference_variance() -> None:
     assert events
     assert all(float(l.v_ref) > 0 for l in layers.values())
     assert ctrl.context.per_example
+
+
+class _Narrow(nn.Module):
+    """A 6-wide projection next to a 32-wide one: rank beyond a layer's width adds nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.narrow = nn.Linear(32, 6)
+        self.wide = nn.Linear(32, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.narrow(x).pow(2).mean() + self.wide(x).pow(2).mean()
+
+
+def test_ranks_are_capped_by_layer_width_and_stay_exact() -> None:
+    torch.manual_seed(0)
+    model = _Narrow()
+    layers, ctx = inject_adapters(model, targets=["narrow", "wide"], capacity=16, rank=8, scaling=1.0)
+    assert (layers["narrow"].capacity, layers["wide"].capacity) == (6, 16)
+    assert (layers["narrow"].rank, layers["wide"].rank) == (6, 10)  # the budget 2 x 8 is kept from the start
+    ctrl = RankController(layers, ctx, LoRAConfig(rank=8), DynamicConfig(input_weight=0.0), 40)
+    assert ctrl.caps == [6, 16]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    x = torch.randn(16, 32)
+    events = 0
+    for step in range(1, 41):
+        model(x).backward()
+        ctrl.after_backward()
+        opt.step()
+        opt.zero_grad()
+        ctrl.fade()
+        with torch.no_grad():
+            before = model(x)
+        ev = ctrl.maybe_reallocate(step, opt, LocalCollective())
+        with torch.no_grad():
+            after = model(x)
+        if ev is not None:
+            events += 1
+            assert float((after - before).abs()) == 0.0
+            assert ev["ranks"]["narrow"] <= 6 and ev["ranks"]["wide"] <= 16 and sum(ev["ranks"].values()) == 16
+    assert events
+
+
+def test_budget_beyond_layer_widths_names_the_largest_rank() -> None:
+    from dynalora.core.errors import ConfigError
+
+    model = _Narrow()
+    layers, ctx = inject_adapters(model, targets=["narrow", "wide"], capacity=40, rank=20, scaling=1.0)
+    with pytest.raises(ConfigError, match=r"--rank 20 over 2 adapted layers needs 40 ranks.*6\.\.32.*"
+                                          r"38 in all; the largest possible average rank is 19"):
+        RankController(layers, ctx, LoRAConfig(rank=20), DynamicConfig(), 40)

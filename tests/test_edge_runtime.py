@@ -363,7 +363,10 @@ def test_bench_bad_inputs(bert_export: Path, lora_export: Path, tmp_path: Path, 
         ((str(bert_export), "--json", str(existing)), "already exists; pass --overwrite"),
         ((str(lora_export), "--compare-torch"), "--compare-torch needs the PyTorch weights"),
         ((str(lora_export), "--adapter", "zz"), "unknown adapter 'zz'"),
+        ((str(bert_export), "--seq", "1"), "--seq 1 leaves no room for text: the tokenizer adds 2 special tokens"),
+        ((str(bert_export), "--profile", "bogus"), "unknown device profile 'bogus'"),
     ]
+    monkeypatch.setattr("dynalora.edge_runtime.bench._run_worker", lambda *a, **k: pytest.fail("a worker started"))
     for argv, message in cases:
         with pytest.raises(DynaloraError, match=message) as info:
             bench_main(_args(*argv, "--json", str(tmp_path / "never.json")) if "--json" not in argv else _args(*argv))
