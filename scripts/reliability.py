@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import os
 import platform
-import random
 import signal
 import socket
 import statistics
@@ -85,29 +83,11 @@ print(f"attempt {attempt} rank {rank} ok", flush=True)
 # ---- assets -----------------------------------------------------------------------------------
 def make_assets(root: Path) -> dict[str, Path]:
     sys.path.insert(0, str(REPO / "tests"))
-    from tiny_models import save_tiny_model  # the test suite's tiny random-init models
+    from tiny_models import save_recovery_assets  # the same model and data as tests/test_distributed.py
 
-    model = save_tiny_model("bert", root / "bert")
-    cfg_file = model / "config.json"
-    config = json.loads(cfg_file.read_text())
-    config["hidden_dropout_prob"] = config["attention_probs_dropout_prob"] = 0.0
-    cfg_file.write_text(json.dumps(config))
-    rng = random.Random(0)
-    pos = "good great best fine nice happy funny bright love enjoy".split()
-    neg = "bad worst worse poor sad boring dull dark hate wrong".split()
-    nouns = "film movie story plot actor music book game team scene".split()
-    data = root / "train.csv"
-    with data.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["text", "label"])
-        for i in range(320):
-            label = rng.randint(0, 1)
-            words = [rng.choice(nouns), "was", rng.choice(pos if label else neg)]
-            words += rng.sample(nouns + "the a and of to very".split(), rng.randint(2, 8))
-            rng.shuffle(words)
-            writer.writerow([" ".join(words) + f" {i}", label])
+    assets = save_recovery_assets(root)
     (root / "bare_job.py").write_text(BARE_JOB)
-    return {"root": root, "model": model, "data": data, "bare": root / "bare_job.py"}
+    return {**assets, "bare": root / "bare_job.py"}
 
 
 def train_args(assets: dict[str, Path], out: Path) -> list[str]:

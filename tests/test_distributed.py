@@ -15,10 +15,8 @@ max |diff| ~2e-8 after 40 steps; Adam's normalisation can amplify such differenc
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -34,7 +32,7 @@ from dynalora.core.run_io import list_checkpoints
 from dynalora.core.train import train
 from dynalora.distributed.faults import fault_hook
 from dynalora.distributed.recovery import trim_logs
-from tiny_models import save_tiny_model
+from tiny_models import save_recovery_assets, save_tiny_model
 
 pytestmark = pytest.mark.distributed
 
@@ -48,27 +46,7 @@ STEPS, BATCH, CKPT = 40, 8, 10
 # ---- fixtures ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("dist")
-    model = save_tiny_model("bert", root / "bert")
-    cfg_file = model / "config.json"
-    config = json.loads(cfg_file.read_text())
-    config["hidden_dropout_prob"] = config["attention_probs_dropout_prob"] = 0.0  # comparable runs
-    cfg_file.write_text(json.dumps(config))
-    rng = random.Random(0)
-    pos = "good great best fine nice happy funny bright love enjoy".split()
-    neg = "bad worst worse poor sad boring dull dark hate wrong".split()
-    nouns = "film movie story plot actor music book game team scene".split()
-    data = root / "train.csv"
-    with data.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["text", "label"])
-        for i in range(320):
-            label = rng.randint(0, 1)
-            words = [rng.choice(nouns), "was", rng.choice(pos if label else neg)]
-            words += rng.sample(nouns + "the a and of to very".split(), rng.randint(2, 8))
-            rng.shuffle(words)
-            writer.writerow([" ".join(words) + f" {i}", label])
-    return {"root": root, "model": model, "data": data}
+    return save_recovery_assets(tmp_path_factory.mktemp("dist"))
 
 
 def train_args(assets: dict[str, Path], out: Path) -> list[str]:

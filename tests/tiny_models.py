@@ -120,3 +120,33 @@ def save_tiny_model(arch: str, path: str | Path, num_labels: int = 2, problem: s
         tokenizer = BertTokenizerFast.from_pretrained(tiny_tokenizer_dir(tmp, token_type_ids=arch == "bert"))
         tokenizer.save_pretrained(path)
     return path
+
+
+def save_recovery_assets(root: str | Path) -> dict[str, Path]:
+    """What the distributed runs train: a dropout-free tiny BERT (so runs are comparable) and a
+    seeded 320-row sentiment-like CSV. Shared by tests/test_distributed.py and scripts/reliability.py."""
+    import csv
+    import json
+    import random
+
+    root = Path(root)
+    model = save_tiny_model("bert", root / "bert")
+    cfg_file = model / "config.json"
+    config = json.loads(cfg_file.read_text())
+    config["hidden_dropout_prob"] = config["attention_probs_dropout_prob"] = 0.0
+    cfg_file.write_text(json.dumps(config))
+    rng = random.Random(0)
+    pos = "good great best fine nice happy funny bright love enjoy".split()
+    neg = "bad worst worse poor sad boring dull dark hate wrong".split()
+    nouns = "film movie story plot actor music book game team scene".split()
+    data = root / "train.csv"
+    with data.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        for i in range(320):
+            label = rng.randint(0, 1)
+            words = [rng.choice(nouns), "was", rng.choice(pos if label else neg)]
+            words += rng.sample(nouns + "the a and of to very".split(), rng.randint(2, 8))
+            rng.shuffle(words)
+            writer.writerow([" ".join(words) + f" {i}", label])
+    return {"root": root, "model": model, "data": data}
