@@ -162,7 +162,11 @@ def one_run(name: str, i: int, assets: dict[str, Path], baseline: Path, bound: f
         rc, so, se, secs = run_bounded(cmd, min(bound, 150.0), child_env(**fault_env), cwd=work)
         ok = rc == 0 and so.count(" ok") == 2
         reason = None if ok else ("hang" if rc is None else _last_error(se))
-        return {"scenario": name, "run": i, "passed": ok, "hang": rc is None, "seconds": secs, "rc": rc, "reason": reason}
+        rec = {"scenario": name, "run": i, "passed": ok, "hang": rc is None, "seconds": secs, "rc": rc, "reason": reason,
+               "restarts": se.count("attempts left")}
+        if not ok:
+            rec["stderr_tail"] = se[-4000:]
+        return rec
     env = child_env(DYNALORA_FAULT_MARKER=str(marker), **fault_env)
     if kind == "torchrun":
         cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "--max-restarts=2",
@@ -197,7 +201,8 @@ def one_run(name: str, i: int, assets: dict[str, Path], baseline: Path, bound: f
 
 
 def _last_error(stderr: str) -> str:
-    lines = [ln.strip() for ln in stderr.splitlines() if "dynalora: error" in ln or "Error:" in ln and "Traceback" not in ln]
+    lines = [ln.strip() for ln in stderr.splitlines()
+             if ("dynalora: error" in ln or "Error:" in ln) and "ChildFailedError" not in ln and "Traceback" not in ln]
     lines = lines or [ln.strip() for ln in stderr.splitlines() if "error" in ln.lower()]
     return (lines[-1] if lines else (stderr.strip().splitlines() or ["(no output)"])[-1])[:240]
 
