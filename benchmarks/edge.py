@@ -214,9 +214,9 @@ def lm_quality(folders: dict[str, Path], n_texts: int) -> dict[str, Any]:
 
 
 def _lm_logits(sess: Any, ids: np.ndarray) -> np.ndarray:
-    from dynalora.export.common import lm_feeds
+    from dynalora.edge_runtime.feeds import ort_feeds
 
-    feeds = lm_feeds(sess, ids)
+    feeds = ort_feeds(sess.get_inputs(), {"input_ids": ids})  # full mask, positions, empty KV cache
     return sess.run(["logits"], feeds)[0]
 
 
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    from dynalora.edge_runtime.bench import environment
+    from dynalora.edge_runtime.envinfo import environment
 
     result: dict[str, Any] = {"environment": environment(), "classifier": None, "llm": None}
     if not args.skip_classifier:

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -170,7 +168,10 @@ def inputs(tok: Any, batch: int, seq: int) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(v) for k, v in synthetic_batch(tok, batch, seq).items()}
 
 
-def round_robin(calls: dict[str, Any], rounds: int, warmup: int = 5) -> dict[str, dict[str, float]]:
+def round_robin(calls: dict[str, Any], rounds: int, warmup: int = 5) -> dict[str, dict[str, Any]]:
+    """Each call once per round, the order rotating per round; latency statistics (ms) of every call."""
+    from dynalora.edge_runtime.timing import latency_stats
+
     for fn in calls.values():
         for _ in range(warmup):
             fn()
@@ -181,14 +182,13 @@ def round_robin(calls: dict[str, Any], rounds: int, warmup: int = 5) -> dict[str
             t0 = time.perf_counter()
             calls[name]()
             raw[name].append((time.perf_counter() - t0) * 1e3)
-    return {k: {"p50": statistics.median(v), "mean": statistics.fmean(v), "p90": float(np.percentile(v, 90)),
-                "raw": v} for k, v in raw.items()}
+    return {k: latency_stats(v) for k, v in raw.items()}
 
 
 @torch.no_grad()
 def latency(fusion: Any, work: Path, rounds: int, batches: tuple[int, ...]) -> dict[str, Any]:
-    import onnxruntime as ort
-
+    from dynalora.edge_runtime.feeds import ort_feeds
+    from dynalora.export.common import session
     from dynalora.export.fused import export_graph, input_names
 
     torch.set_num_threads(2)
@@ -197,19 +197,17 @@ def latency(fusion: Any, work: Path, rounds: int, batches: tuple[int, ...]) -> d
     onnx_dir = work / "latency_onnx"
     onnx_dir.mkdir(parents=True, exist_ok=True)
     sample = {k: v.numpy() for k, v in inputs(tok, 2, 16).items()}
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = 2, 1, 3
     sessions = {}
     for name, m in models.items():
         path = onnx_dir / f"{name}.onnx"
         if not path.is_file():
             export_graph(m, tok, sample, path)
-        sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        sessions[name] = session(path, threads=2)  # 2 intra-op threads, 1 inter-op, CPU
     ids = input_names(tok)
     result: dict[str, Any] = {}
     for batch in batches:
         x = inputs(tok, batch, 64)
-        feeds = {n: x[n].numpy() for n in ids}
+        feeds = ort_feeds(ids, {k: v.numpy() for k, v in x.items()})
         # numerics first: every fused / loop graph against its PyTorch model, and fused == loop
         check = {}
         for name, m in models.items():
@@ -292,12 +290,9 @@ def causal_latency(rounds: int, rank: int = 8) -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
-    from dynalora.edge_runtime.bench import environment as env
+    from dynalora.edge_runtime.envinfo import environment as env
 
-    e = env()
-    e["load_average"] = os.getloadavg()
-    e["torch_threads"] = 2
-    return e
+    return env() | {"torch_threads": 2}  # what the timing stages set
 
 
 # ---- report ----------------------------------------------------------------------------------------
@@ -504,7 +499,6 @@ def main() -> None:
         "latency_ratio_loop_vs_single": {k: v["loop"] for k, v in ratios(lat, "onnxruntime", 1).items()},
         "causal_lm_latency_torch": causal,
         "notes": NOT_DONE,
-        "python": platform.python_version(),
     }
     RESULTS.mkdir(exist_ok=True)
     write_json(RESULTS / "fusion.json", report)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 
 from dynalora.core.atomic import write_json, write_text
 from dynalora.core.config import TrainConfig
+from dynalora.edge_runtime.envinfo import environment
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fusion import round_robin, variants  # noqa: E402 - the encoder setting's timer and variant builder
@@ -90,21 +90,12 @@ def latency(fusion: Any, rounds: int) -> dict[str, Any]:
             "ratio_vs_single": {n: t["p50"] / single for n, t in timings.items()}}
 
 
-def environment() -> dict[str, Any]:
-    import transformers
-
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo", encoding="utf-8") if l.startswith("model name")),
-               platform.machine()) if os.path.exists("/proc/cpuinfo") else platform.machine()
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version(),
-            "load_average_start": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-
-
 def render(report: dict[str, Any]) -> str:
     a, env = report["args"], report["environment"]
+    versions = env["versions"]
     lines = ["# Fusion, causal-LM setting: SmolLM2-135M multiple-choice adapters (issue #5)", "",
-             f"Machine: {env['cpu']}, {env['cores']} cores, torch {env['torch']}, transformers {env['transformers']}; "
-             f"load average at start {env['load_average_start'][0]:.1f}; {env['date']}.", "",
+             f"Machine: {env['cpu']}, {env['logical_cores']} cores, torch {versions['torch']}, transformers "
+             f"{versions['transformers']}; load average at start {env['load_average'][0]:.1f}; {env['date']}.", "",
              f"Adapters: SmolLM2-135M-Instruct (dequantised GGUF, fp32), dynamic LoRA rank 8 average on q_proj/v_proj "
              f"(60 layers), `--objective choice`, {a['steps']} steps x batch 8, lr {a['lr']:g}, max {a['max_length']} tokens, "
              f"seed {SEED}. Multi-task baseline: one adapter, same recipe, {a['multitask_steps']} steps on the four "
@@ -162,7 +153,7 @@ def main() -> int:
         return 2
     torch.set_num_threads(2)
     work = Path(args.work)
-    report: dict[str, Any] = {"environment": environment(), "args": vars(args)}
+    report: dict[str, Any] = {"environment": environment(), "args": vars(args)}  # load average at the start
     out = Path(args.out)
     runs, seconds = train_runs(work, args.steps, args.max_length, args.max_eval, args.lr)
     report["train_seconds"] = seconds

@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -45,7 +43,8 @@ from dynalora.core.controller import LocalCollective, RankController
 from dynalora.core.data import TaskData
 from dynalora.core.inject import inject_adapters
 from dynalora.core.models import load_classifier, load_tokenizer, resolve_model_path
-from dynalora.core.train import encode, evaluate, global_batch, load_data
+from dynalora.core.batches import encode, global_batch, load_data
+from dynalora.core.evaluate import evaluate
 
 OURS = {
     "dynamic": DynamicConfig(),
@@ -240,16 +239,10 @@ def body_only_times(model_path: str, data: TaskData, batch: int, max_length: int
 
 
 def environment() -> dict[str, Any]:
-    import transformers, peft  # noqa: E401
+    from dynalora.edge_runtime.envinfo import PACKAGES
+    from dynalora.edge_runtime.envinfo import environment as env
 
-    cpu = ""
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "threads": torch.get_num_threads(), "cpu": cpu, "cores": os.cpu_count(),
-            "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return env((*PACKAGES, "peft"))  # torch is imported here, so torch_threads is this process's count
 
 
 def split_validation(data: TaskData, n_val: int) -> tuple[TaskData, TaskData]:
@@ -408,12 +401,13 @@ def render(report: dict[str, Any]) -> str:
     env = report["environment"]
     a = report["args"]
     if "timing_environment" in report:
-        env = report["timing_environment"] | {"threads": env["threads"]}
+        env = report["timing_environment"] | {"torch_threads": env["torch_threads"]}
+    versions = env["versions"]
     lines = ["# Training quality: dynamic LoRA vs baselines", "",
              f"MiniLM (all-MiniLM-L6-v2), {a['steps']} optimizer steps, batch {a['batch']}, max {a['max_length']} tokens, "
              f"average rank {RANK} on query/value (12 layers), seeds {a['seeds']}. "
-             f"Machine: {env['cpu']} ({env['cores']} cores, {env['threads']} torch threads), torch {env['torch']}, "
-             f"transformers {env['transformers']}, peft {env['peft']}; {env['date']}.", ""]
+             f"Machine: {env['cpu']} ({env['logical_cores']} cores, {env['torch_threads']} torch threads), torch "
+             f"{versions['torch']}, transformers {versions['transformers']}, peft {versions['peft']}; {env['date']}.", ""]
     if a.get("note"):
         lines += [f"Protocol as run: {a['note']}", ""]
     for task, e in report["tasks"].items():

@@ -86,7 +86,6 @@ def encode_choices(tokenizer: Any, spec: TaskSpec, examples: list[Example], max_
 class ChoiceOutput:
     logits: torch.Tensor  # (B, C) mean option log-likelihoods; MISSING where an example has fewer options
     loss: torch.Tensor | None
-    row_scores: torch.Tensor  # (rows,)
 
 
 def _body_and_head(lm: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -142,4 +141,4 @@ class ChoiceScorer(nn.Module):
         width = int(num_choices.max()) if num_choices is not None else int(row_choice.max()) + 1
         logits = choice_matrix(scores, row_example, row_choice, n, width)
         loss = F.cross_entropy(logits, labels) if labels is not None else None
-        return ChoiceOutput(logits=logits, loss=loss, row_scores=scores)
+        return ChoiceOutput(logits=logits, loss=loss)

@@ -64,6 +64,9 @@ class LoRAConfig:
             return self.rank
         return self.max_rank if self.max_rank is not None else 2 * self.rank
 
+    def __post_init__(self) -> None:
+        self.validate()  # a LoRAConfig out of range cannot be built
+
     def validate(self) -> None:
         _check_finite(self, "lora")
         if self.rank < 1:
@@ -111,6 +114,9 @@ class DynamicConfig:
     @property
     def is_static(self) -> bool:
         return not self.reallocate and self.input_adaptive == "off"
+
+    def __post_init__(self) -> None:
+        self.validate()  # a DynamicConfig out of range cannot be built
 
     def validate(self) -> None:
         _check_finite(self, "dynamic")
@@ -183,8 +189,19 @@ class TrainConfig:
                 setattr(self, name, str(value))
         if self.task == "":
             self.task = None
+        self.check_values()
 
     def validate(self) -> None:
+        """Everything a run needs: the value checks of construction (again: fields may have been set
+        since) plus the options a run cannot do without (--out; --task or --train-file)."""
+        self.check_values()
+        if not self.out:
+            raise ConfigError("--out is required: the folder the run is written to")
+        if self.task is None and self.train_file is None:
+            raise ConfigError("give --task or --train-file")
+
+    def check_values(self) -> None:
+        """Every value in range (run at construction, so a bad TrainConfig cannot exist)."""
         self.lora.validate()
         self.dynamic.validate()
         _check_finite(self, "")
@@ -193,8 +210,6 @@ class TrainConfig:
                 raise ConfigError(f"{flag_name('', name)} is empty: pass a value or leave the option out")
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ConfigError(f"--device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
-        if not self.out:
-            raise ConfigError("--out is required: the folder the run is written to")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"--steps must be >= 1, got {self.steps}")
         if self.epochs <= 0:
@@ -241,8 +256,6 @@ class TrainConfig:
             raise ConfigError(f"--max-failures must be >= 0, got {self.max_failures}")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: pick one")
-        if self.task is None and self.train_file is None:
-            raise ConfigError("give --task or --train-file")
 
     # ---- dict / YAML round trip -------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

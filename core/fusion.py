@@ -29,17 +29,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
-from dynalora.core.run_io import _read_json
+from dynalora.core.run_io import AdapterFiles, _read_json, read_adapter_files
 from dynalora.core.errors import CheckpointError, DynaloraError
 from dynalora.core.inject import HEAD_NAMES
 from dynalora.core.layer import base_shape
 from dynalora.core.router import Router, check_p, sentence_features, top_p_weights
 
-PEFT_PREFIX = "base_model.model."
 FUSABLE = ("classification", "multiple_choice")
 MASKED_LOGIT = -1e4  # logits of tasks other than the top-1 in `logits`
 
@@ -125,7 +122,7 @@ class AdapterSpec:
     ranks: dict[str, int]  # every adapted module (rank 0 included)
     scaling: float
     mode: str  # input_adaptive mode
-    tensors: dict[str, torch.Tensor]
+    files: AdapterFiles  # the adapter folder (run_io.read_adapter_files: the one reader of adapter folders)
 
     @property
     def label_names(self) -> list[str]:
@@ -138,8 +135,7 @@ class AdapterSpec:
     def factors(self, module: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(A (r, in), scaling * B (out, r)) of `module`; empty for a rank-0 layer."""
         r = self.ranks[module]
-        a = self.tensors.get(f"{PEFT_PREFIX}{module}.lora_A.weight")
-        b = self.tensors.get(f"{PEFT_PREFIX}{module}.lora_B.weight")
+        a, b = self.files.lora(module)
         if r == 0:
             return torch.zeros(0, 0), torch.zeros(0, 0)
         if a is None or b is None or a.shape[0] != r or b.shape[1] != r:
@@ -147,8 +143,7 @@ class AdapterSpec:
         return a.float(), b.float() * self.scaling
 
     def head(self, head: str) -> dict[str, torch.Tensor]:
-        prefix = f"{PEFT_PREFIX}{head}."
-        return {k[len(prefix):]: v.float() for k, v in self.tensors.items() if k.startswith(prefix)}
+        return {k: v.float() for k, v in self.files.head(head).items()}
 
 
 def read_adapter(run_dir: str | Path) -> AdapterSpec:
@@ -157,11 +152,8 @@ def read_adapter(run_dir: str | Path) -> AdapterSpec:
     if not (path / "run.json").is_file() or not (path / "adapter" / "adapter_config.json").is_file():
         raise FusionError(f"{path} is not a finished dynalora run (no run.json / adapter/adapter_config.json)")
     info = _read_json(path / "run.json")
-    dyn = _read_json(path / "adapter" / "dynalora.json")
-    try:
-        tensors = load_file(str(path / "adapter" / "adapter_model.safetensors"))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path / 'adapter'} weights are corrupt or missing ({str(exc)[:80]})") from None
+    files = read_adapter_files(path / "adapter")
+    dyn = files.dyn
     task = info["task"]
     if task.get("problem") not in FUSABLE:
         raise FusionError(f"{path} is a {task.get('problem')} run: fusion supports classification and multiple-choice "
@@ -171,8 +163,7 @@ def read_adapter(run_dir: str | Path) -> AdapterSpec:
         raise FusionError(f"{path} is a per-example input-adaptive run: its gate depends on the input, so it cannot "
                           "be stacked; retrain it with --input-adaptive layer (or off) to fuse it")
     return AdapterSpec(name=str(task["name"]), path=path, info=info,
-                       ranks={k: int(v) for k, v in dyn["ranks"].items()}, scaling=float(dyn["scaling"]), mode=mode,
-                       tensors=tensors)
+                       ranks=files.ranks, scaling=float(dyn["scaling"]), mode=mode, files=files)
 
 
 def check_compatible(specs: list[AdapterSpec]) -> None:
@@ -306,9 +297,6 @@ class FusedModel(nn.Module):
         return out.all_logits[:, lo:hi]
 
 
-GRAPH_OUTPUTS = ("logits", "all_logits", "router_probs", "fusion_weights")
-
-
 class FusedGraph(nn.Module):
     """Keyword-free wrapper of a FusedModel returning the graph outputs as a tuple (for export)."""
 
@@ -335,22 +323,17 @@ def _head_linear(model: nn.Module) -> tuple[str, nn.Linear]:
 
 def build_fused_model(specs: list[AdapterSpec], router: Router | None, top_p: float, *, seed: int = 0) -> FusedModel:
     """Load the shared base once, stack every adapter into it and concatenate the heads."""
-    from transformers.utils import logging as hf_logging
-
     from dynalora.core.models import load_task_model
 
     if len(specs) > 1:  # a single adapter (K = 1) is the benchmarks' baseline
         check_compatible(specs)
     choice = specs[0].problem == "multiple_choice"
     total = sum(len(s.label_names) for s in specs)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the "newly initialized classifier" warning: the heads are copied in below
-    try:
-        model = load_task_model(str(specs[0].info["base_model"]), total, specs[0].problem, seed=seed)
+    try:  # head_restored: the heads are copied in below
+        model = load_task_model(str(specs[0].info["base_model"]), total, specs[0].problem, seed=seed,
+                                head_restored=True)
     except DynaloraError as exc:
         raise FusionError(f"cannot load the base model of {specs[0].path}: {exc}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
     context = FusionContext()
     for module in specs[0].ranks:
         parent_name, _, leaf = module.rpartition(".")

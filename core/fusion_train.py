@@ -36,6 +36,7 @@ from dynalora.core.outdir import OutLock, check_out_path, check_replaceable, is_
 from dynalora.core.data import Example, TaskData
 from dynalora.core.errors import CheckpointError, ConfigError, DynaloraError
 from dynalora.core.fusion import AdapterSpec, FusedModel, FusionError, _read_json, build_fused_model, check_compatible, read_adapter
+from dynalora.core.models import load_saved_tokenizer
 from dynalora.core.router import DEFAULT_P, Router, RouterConfig, check_p, dlp_lora_weights, sentence_features, train_router
 
 FORMAT = "dynalora-fusion"
@@ -84,25 +85,12 @@ def folder_name(task: str) -> str:
 def task_data(spec: AdapterSpec) -> TaskData:
     """The run's own data (same seeded split it was trained and evaluated on)."""
     from dynalora.core.config import TrainConfig
-    from dynalora.core.train import load_data
+    from dynalora.core.batches import load_data
 
     try:
         return load_data(TrainConfig.from_yaml(spec.path / "config.yaml"))
     except DynaloraError as exc:
         raise FusionError(f"cannot load the data of task {spec.name} ({spec.path}): {exc}") from None
-
-
-def _tokenizer(path: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"tokenizer in {path} cannot be loaded: {str(exc).splitlines()[0]}") from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token or tok.unk_token
-    tok.padding_side = "right"
-    return tok
 
 
 def encode_texts(tokenizer: Any, examples: list[Example], max_length: int) -> dict[str, torch.Tensor]:
@@ -182,7 +170,7 @@ def train_fusion(cfg: FuseConfig) -> Path:
     names = [s.name for s in specs]
     max_length = cfg.max_length or max(int(_read_yaml_max_length(s.path)) for s in specs)
     fused = build_fused_model(specs, None, cfg.top_p, seed=cfg.router.seed)
-    tokenizer = _tokenizer(specs[0].path / "tokenizer")
+    tokenizer = load_saved_tokenizer(specs[0].path / "tokenizer")
     hidden_size = fused.model.get_input_embeddings().embedding_dim
 
     n_eval = min(len(d.eval) for d in datas)
@@ -299,7 +287,7 @@ def load_fusion(path: str | Path) -> LoadedFusion:
     fused = build_fused_model(specs, None, float(cfg["top_p"]))
     hidden_size = fused.model.get_input_embeddings().embedding_dim
     fused.router = load_router(path, len(specs), hidden_size, int(cfg["router"]["hidden"]))
-    return LoadedFusion(path=path, config=cfg, model=fused, tokenizer=_tokenizer(path / "tokenizer"), specs=specs)
+    return LoadedFusion(path=path, config=cfg, model=fused, tokenizer=load_saved_tokenizer(path / "tokenizer"), specs=specs)
 
 
 # ---- evaluation ---------------------------------------------------------------------------------

@@ -149,7 +149,35 @@ def _mask_hook(ctx: AdapterContext):  # noqa: ANN202
         mask = kwargs.get("attention_mask")
         ctx.attention_mask = mask if isinstance(mask, torch.Tensor) else None
 
+    hook.dynalora_mask_hook = True  # type: ignore[attr-defined]  # how eject_adapters finds it (also in a deep copy)
     return hook
+
+
+def eject_adapters(model: nn.Module, *, merge: bool) -> nn.Module:
+    """The inverse of `inject_adapters`, in place: every adapter layer is replaced by its base layer.
+
+    merge=True adds each adapter's update into its base weight first (`DynamicLoRALayer.merge`, the
+    one implementation of merging: a per-example layer refuses); merge=False drops the adapters and
+    restores the base model exactly. The attention-mask pre-hook and the context go too, so the
+    result is a plain Hugging Face model. Returns `model`.
+    """
+    for name, layer in adapter_layers(model).items():
+        if merge and not layer.merged:
+            layer.merge()
+        elif not merge and layer.merged:
+            layer.unmerge()
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, leaf, layer.base)
+    # nn.Module exposes no public way to remove a hook except through the handle registration
+    # returned, which a deep copy of the model does not carry: find ours by its mark instead.
+    for key, hook in list(model._forward_pre_hooks.items()):
+        if getattr(hook, "dynalora_mask_hook", False):
+            del model._forward_pre_hooks[key]
+            model._forward_pre_hooks_with_kwargs.pop(key, None)
+    if hasattr(model, "dynalora_context"):
+        del model.dynalora_context
+    return model
 
 
 def adapter_layers(model: nn.Module) -> dict[str, DynamicLoRALayer]:

@@ -26,7 +26,7 @@ rescales the components that stay. It is written to PEFT as alpha_l = scaling * 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -51,7 +51,6 @@ class AdapterContext:
     per_example: bool = False
     example_gamma: float = 1.0
     example_min_frac: float = 0.25
-    extras: dict[str, object] = field(default_factory=dict)
 
 
 def base_shape(base: nn.Module) -> tuple[int, int, bool]:
@@ -78,6 +77,25 @@ def example_variance(x: torch.Tensor, attention_mask: torch.Tensor | None) -> to
     mean = (xf * m).sum(dim=1) / n  # (B, in)
     var = (((xf - mean.unsqueeze(1)) ** 2) * m).sum(dim=1) / n  # (B, in)
     return var.mean(dim=-1)  # (B,)
+
+
+def per_example_gate(
+    v: torch.Tensor, v_ref: torch.Tensor, k: torch.Tensor, order: torch.Tensor, gamma: torch.Tensor | float,
+    min_frac: torch.Tensor | float, dtype: torch.dtype,
+) -> torch.Tensor:
+    """(B, R) 0/1 gate: example b keeps its r_b most important live components, where
+
+        r_b = clamp(ceil(k * (v_b / v_ref)^gamma), ceil(k * min_frac), k)
+
+    v: (B,) example variances; v_ref: the run's reference variance; k: live rank; order: (R,) importance
+    rank of each component (0 = most important). Tensor ops only: the same function runs in the layer
+    and inside the exported ONNX graph (export/adapters.py), so both compute the same gate.
+    """
+    ratio = (v / v_ref.clamp_min(1e-12)).clamp_min(1e-6)
+    r_b = torch.ceil(k * ratio.pow(gamma))
+    floor = torch.ceil(k * min_frac)
+    r_b = torch.minimum(torch.maximum(r_b, floor), k)  # (B,)
+    return (order.unsqueeze(0).to(v.dtype) < r_b.unsqueeze(1)).to(dtype)  # (B, R)
 
 
 class DynamicLoRALayer(nn.Module):
@@ -152,11 +170,8 @@ class DynamicLoRALayer(nn.Module):
         """(B, R) per-example gate for per-example mode; tensor ops only (ONNX-exportable)."""
         v = example_variance(x, self.context.attention_mask)  # (B,)
         k = self.kept.to(v.dtype).sum()
-        ratio = (v / self.v_ref.clamp_min(1e-12)).clamp_min(1e-6)
-        r_b = torch.ceil(k * ratio.pow(self.context.example_gamma))
-        floor = torch.ceil(k * self.context.example_min_frac)
-        r_b = torch.minimum(torch.maximum(r_b, floor), k)  # (B,)
-        return (self.order.unsqueeze(0).to(v.dtype) < r_b.unsqueeze(1)).to(x.dtype)  # (B, R)
+        return per_example_gate(v, self.v_ref, k, self.order, self.context.example_gamma,
+                                self.context.example_min_frac, x.dtype)  # (B, R)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)

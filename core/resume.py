@@ -1,7 +1,15 @@
-"""`--resume`: continue a run exactly as it was configured, or say why not.
+"""Resume, in one place: which folder an attempt continues, with which configuration, or why not.
 
-    cfg = resumed_config(requested, explicit)   # the run's saved config + where/how it runs now
-    finished_result(out)                        # a finished run's result (resume has nothing to do)
+    cfg = plan_attempt(cfg, launch_id, restarted)  # every launcher, once per attempt, before writing
+    done = finished_run(cfg)                       # --resume of a finished run: its result, nothing to do
+    cfg = resumed_config(requested, explicit)      # the run's saved config + where/how it runs now
+
+Which folder. A run folder records the launch that created it in its `.dynalora` marker
+(core/outdir.py). After a worker failure torchrun / Ray start a new attempt of the *same* launch:
+it finds the folder that launch owns (the run folder, or the staging folder of an --overwrite in
+progress) and resumes it from its newest intact checkpoint (core/checkpoint.py); with no
+checkpoint yet it starts that folder over. A first attempt never continues anything implicitly:
+an existing --out needs --overwrite (replace) or --resume (continue).
 
 A resumed run trains what its `config.yaml` says. The caller may change where and how it runs
 (`RESUME_RUNTIME`: out, threads, device, launcher, workers, ...) and how often it logs, evaluates
@@ -17,13 +25,15 @@ by the fields that differ from their defaults.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from dynalora.core.checkpoint import load_latest_checkpoint
 from dynalora.core.config import TrainConfig
 from dynalora.core.errors import CheckpointError, ConfigError
+from dynalora.core.outdir import read_marker, staging_path
+from dynalora.core.run_folder import RunResult, finished_result
 
 # where / how a run executes: always the caller's
 RESUME_RUNTIME = ("out", "progress", "threads", "device", "backend", "workers", "ray_address", "storage_path", "max_failures")
@@ -97,17 +107,6 @@ def resumed_config(requested: TrainConfig, explicit: Collection[str] | None = No
     return cfg
 
 
-def finished_info(out: Path) -> dict[str, Any] | None:
-    """run.json of a finished run (written last, atomically), else None."""
-    path = Path(out) / "run.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is corrupt ({exc.__class__.__name__}); the run cannot be resumed") from None
-
-
 def explicit_keys(data: dict[str, Any]) -> set[str]:
     """Dotted keys of a (possibly nested) options dict, as given by the CLI / YAML."""
     keys: set[str] = set()
@@ -119,3 +118,40 @@ def explicit_keys(data: dict[str, Any]) -> set[str]:
         else:
             keys.add(key)
     return keys
+
+
+def find_owned(out: Path, launch_id: str) -> Path | None:
+    """The run folder (or --overwrite staging folder) that `launch_id` created, if any."""
+    for folder in (Path(out), staging_path(Path(out))):
+        marker = read_marker(folder)
+        if marker and marker.get("kind") == "run" and marker.get("launch") == launch_id and (folder / "config.yaml").is_file():
+            return folder
+    return None
+
+
+def plan_attempt(cfg: TrainConfig, launch_id: str | None, restarted: bool) -> TrainConfig:
+    """What this attempt trains: the user's --resume, a restarted launch's own folder, or a new run."""
+    explicit = getattr(cfg, "explicit_keys", None)
+    if cfg.resume:
+        return resumed_config(cfg, explicit)
+    if not restarted or not launch_id:
+        return cfg
+    owned = find_owned(Path(cfg.out), launch_id)
+    if owned is None:
+        return cfg  # the first attempt failed before it created anything: start normally
+    if load_latest_checkpoint(owned).path is None:
+        cfg.overwrite = True  # our own folder, no checkpoint yet: start it over (replaced when complete)
+        return cfg
+    requested = TrainConfig.from_dict(cfg.to_dict())
+    requested.out = str(owned)
+    return resumed_config(requested, explicit)
+
+
+def finished_run(cfg: TrainConfig, *, announce: bool = True) -> RunResult | None:
+    """--resume of a finished run: its result (and one line saying so); otherwise None."""
+    if not cfg.resume:
+        return None
+    done = finished_result(Path(cfg.out))
+    if done is not None and announce:
+        print(f"dynalora: {done.out} is finished ({done.steps} steps); nothing to resume", flush=True)
+    return done

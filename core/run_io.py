@@ -1,4 +1,4 @@
-"""Reading and writing run folders: the PEFT adapter, checkpoints, and `load_run`.
+"""Reading and writing run folders: the PEFT adapter and `load_run` (checkpoints: core/checkpoint.py).
 
     RUN/
       config.yaml            resolved TrainConfig
@@ -16,15 +16,12 @@ Everything is safetensors / JSON / YAML: nothing is ever unpickled.
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from dynalora.core.atomic import atomic_dir, write_json
@@ -32,9 +29,15 @@ from dynalora.core.config import TrainConfig
 from dynalora.core.errors import CheckpointError
 from dynalora.core.inject import HEAD_NAMES, adapter_layers, inject_adapters
 from dynalora.core.layer import DynamicLoRALayer
+from dynalora.core.safe_read import read_json as _read_json
+from dynalora.core.safe_read import read_safetensors as _read_safetensors
+
+# checkpoints moved to core/checkpoint.py; these names stay importable from here for one release
+from dynalora.core.checkpoint import (  # noqa: E402,F401
+    CKPT_RE, LatestCheckpoint, list_checkpoints, load_checkpoint, load_latest_checkpoint, save_checkpoint,
+)
 
 PEFT_PREFIX = "base_model.model."
-CKPT_RE = re.compile(r"^step-(\d{7})$")
 
 
 # ---- adapter (PEFT format) -------------------------------------------------------------------
@@ -97,13 +100,41 @@ def save_adapter(model: nn.Module, folder: Path, *, base_model: str, extra: dict
         write_json(tmp / "dynalora.json", dyn)
 
 
+@dataclass
+class AdapterFiles:
+    """An adapter folder as written by `save_adapter`, read without touching any model."""
+
+    folder: Path
+    config: dict[str, Any]  # adapter_config.json (PEFT)
+    dyn: dict[str, Any]  # dynalora.json: ranks, scaling, v_ref, input-adaptive mode
+    tensors: dict[str, torch.Tensor]  # adapter_model.safetensors, PEFT key names
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.dyn["ranks"].items()}
+
+    def lora(self, module: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(A (r, in), B (out, r)) as saved (gate folded into B); None where missing."""
+        return self.tensors.get(f"{PEFT_PREFIX}{module}.lora_A.weight"), self.tensors.get(f"{PEFT_PREFIX}{module}.lora_B.weight")
+
+    def head(self, head: str) -> dict[str, torch.Tensor]:
+        """{parameter name: tensor} of a saved task head (PEFT modules_to_save)."""
+        prefix = f"{PEFT_PREFIX}{head}."
+        return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+
+def read_adapter_files(folder: Path) -> AdapterFiles:
+    """The one reader of adapter folders (load_run and fusion both use it); damage is a CheckpointError."""
+    folder = Path(folder)
+    return AdapterFiles(folder, _read_json(folder / "adapter_config.json"), _read_json(folder / "dynalora.json"),
+                        _read_safetensors(folder / "adapter_model.safetensors"))
+
+
 def load_adapter_into(model: nn.Module, folder: Path) -> dict[str, DynamicLoRALayer]:
     """Inject layers with the saved per-layer ranks into a fresh base model and load the weights."""
-    folder = Path(folder)
-    cfg = _read_json(folder / "adapter_config.json")
-    dyn = _read_json(folder / "dynalora.json")
-    tensors = _read_safetensors(folder / "adapter_model.safetensors")
-    all_ranks: dict[str, int] = {k: int(v) for k, v in dyn["ranks"].items()}
+    files = read_adapter_files(folder)
+    folder, dyn = files.folder, files.dyn
+    all_ranks = files.ranks
     targets = list(all_ranks)
     try:
         layers, ctx = inject_adapters(
@@ -122,19 +153,18 @@ def load_adapter_into(model: nn.Module, folder: Path) -> dict[str, DynamicLoRALa
                 layer.gate.zero_()
                 layer.kept.zero_()
                 continue
-            a = tensors.get(f"{PEFT_PREFIX}{name}.lora_A.weight")
-            b = tensors.get(f"{PEFT_PREFIX}{name}.lora_B.weight")
+            a, b = files.lora(name)
             if a is None or b is None or a.shape != layer.lora_A.shape or b.shape != layer.lora_B.shape:
                 raise CheckpointError(f"adapter {folder} is missing or has wrong-shaped weights for {name}")
             layer.lora_A.copy_(a)
             layer.lora_B.copy_(b)
             layer.v_ref.fill_(float(dyn.get("v_ref", {}).get(name, 0.0)))
         for head in _heads(model):
+            saved = files.head(head)
             for pname, p in model.get_submodule(head).named_parameters():
-                key = f"{PEFT_PREFIX}{head}.{pname}"
-                if key not in tensors or tensors[key].shape != p.shape:
+                if pname not in saved or saved[pname].shape != p.shape:
                     raise CheckpointError(f"adapter {folder} is missing head weight {head}.{pname}")
-                p.copy_(tensors[key])
+                p.copy_(saved[pname])
     mode = dyn.get("input_adaptive", "layer")
     ctx.per_example = mode == "per-example"
     ctx.example_gamma = float(dyn.get("example_gamma", 1.0))
@@ -142,80 +172,6 @@ def load_adapter_into(model: nn.Module, folder: Path) -> dict[str, DynamicLoRALa
     for layer in layers.values():
         layer.static = not ctx.per_example
     return layers
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is corrupt ({exc.__class__.__name__}): delete it or use another run") from None
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0][:80]})") from None
-
-
-# ---- checkpoints -----------------------------------------------------------------------------
-def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any], keep: int = 2) -> Path:
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / f"step-{step:07d}"
-    with atomic_dir(path, overwrite=True) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
-        write_json(tmp / "meta.json", {**meta, "step": step})
-    for old in list_checkpoints(run_dir)[:-keep]:
-        import shutil
-
-        shutil.rmtree(old, ignore_errors=True)
-    return path
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and CKPT_RE.match(p.name))
-
-
-def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    meta = _read_json(Path(path) / "meta.json")
-    tensors = _read_safetensors(Path(path) / "state.safetensors")
-    return tensors, meta
-
-
-@dataclass
-class LatestCheckpoint:
-    path: Path | None  # the newest checkpoint that reads back intact (None: none does)
-    tensors: dict[str, torch.Tensor]
-    meta: dict[str, Any]
-    skipped: list[tuple[Path, str]]  # newer checkpoints that are corrupt, with the reason
-
-
-def load_latest_checkpoint(run_dir: Path) -> LatestCheckpoint:
-    """The newest checkpoint that loads, skipping (and naming) newer ones that are corrupt.
-
-    Checkpoints are written atomically, so a crash mid-write leaves no partial checkpoint; a
-    corrupt one means the storage damaged it afterwards. Falling back to the previous one
-    (save_checkpoint keeps two) costs some steps instead of the whole run.
-    """
-    skipped: list[tuple[Path, str]] = []
-    for path in reversed(list_checkpoints(run_dir)):
-        try:
-            tensors, meta = load_checkpoint(path)
-            int(meta["step"])
-            meta["scheduler"]
-        except (CheckpointError, KeyError, TypeError, ValueError) as exc:
-            skipped.append((path, str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__))
-            continue
-        return LatestCheckpoint(path, tensors, meta, skipped)
-    return LatestCheckpoint(None, {}, {}, skipped)
 
 
 # ---- load_run --------------------------------------------------------------------------------
@@ -244,7 +200,7 @@ def is_run_dir(path: Path) -> bool:
 
 def load_run(path: str | Path) -> LoadedRun:
     """Restore a finished run: base model + adapters exactly as trained (all modes)."""
-    from dynalora.core.models import load_task_model, load_tokenizer
+    from dynalora.core.models import load_saved_tokenizer, load_task_model, load_tokenizer
 
     path = Path(path)
     if not is_run_dir(path):
@@ -253,19 +209,10 @@ def load_run(path: str | Path) -> LoadedRun:
     config = TrainConfig.from_yaml(path / "config.yaml")
     task = info["task"]
     tok_dir = path / "tokenizer"
-    if tok_dir.is_dir():
-        from transformers import AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"tokenizer in {tok_dir} cannot be loaded: {str(exc).splitlines()[0]}") from None
-        if tokenizer.pad_token is None:  # same rule as models.load_tokenizer
-            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-        tokenizer.padding_side = "right"
-    else:
-        tokenizer = load_tokenizer(info["base_model"])
-    model = load_task_model(info["base_model"], task["num_labels"], task["problem"], seed=config.seed)
+    tokenizer = load_saved_tokenizer(tok_dir) if tok_dir.is_dir() else load_tokenizer(info["base_model"])
+    # head_restored: load_adapter_into puts the trained head back, so no "TRAIN this model" notice
+    model = load_task_model(info["base_model"], task["num_labels"], task["problem"], seed=config.seed,
+                            head_restored=True)
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     layers = load_adapter_into(model, path / "adapter")

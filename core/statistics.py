@@ -23,8 +23,6 @@ import torch
 
 from dynalora.core.layer import example_variance
 
-_FIELDS = ("sens", "steps", "tokens", "z_sum", "z_sq", "v_sum", "v_n")
-
 
 @dataclass(frozen=True)
 class LayerSlots:

@@ -28,7 +28,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     info = up(num_cpus=args.num_cpus, host=args.host, port=args.port, dashboard_port=args.dashboard_port, timeout_s=args.timeout)
     print(f"Ray cluster is up.\n  dashboard / jobs: {info.dashboard_url}\n  GCS address:      {info.gcs_address}")
-    print(f"  submit:  export RAY_AUTH_MODE=token   # Ray clients send the token in ~/.ray/auth_token only then")
+    print("  submit:  export RAY_AUTH_MODE=token   # Ray clients send the token in ~/.ray/auth_token only then")
     print(f"           ray job submit --address {info.dashboard_url} --working-dir . -- python -m dynalora train --backend ray ...")
     print(f"  stop:    dynalora cluster down --port {args.port}   (without --port: every cluster `cluster up` started)")
     return 0

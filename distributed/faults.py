@@ -57,9 +57,9 @@ def fault_hook(rank: int, out: str | Path | None = None) -> Callable[[int], None
         raise RuntimeError(f"DYNALORA_FAULT_KIND={kind} needs DYNALORA_FAULT_RANK=0 (rank 0 writes checkpoints)")
 
     if kind == "ckpt-write":
-        import dynalora.core.run_io as run_io
+        import dynalora.core.checkpoint as checkpoint
 
-        real_save = run_io.save_file
+        real_save = checkpoint.save_file
         tag = f"step-{fault_step:07d}"
 
         def save_file(tensors: dict, path: str, *args: object, **kwargs: object) -> None:
@@ -74,7 +74,7 @@ def fault_hook(rank: int, out: str | Path | None = None) -> Callable[[int], None
             _announce(marker, f"rank {rank} killed while writing the checkpoint of step {fault_step}")
             _sigkill()
 
-        run_io.save_file = save_file  # type: ignore[assignment]
+        checkpoint.save_file = save_file  # type: ignore[assignment]
         return None
 
     def on_step(step: int) -> None:

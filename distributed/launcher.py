@@ -52,13 +52,13 @@ def run_training(cfg: TrainConfig) -> Any:
         )
     from dynalora.core.train import train
 
-    cfg.validate()
-    return train(cfg)
+    return train(cfg)  # validates before anything is written
 
 
 def run_torchrun_worker(cfg: TrainConfig) -> Any:
     """One torchrun worker: checks, process group, DDP, the shared loop; resume after a restart."""
-    from dynalora.distributed.recovery import plan_attempt, validate_out
+    from dynalora.core.resume import plan_attempt
+    from dynalora.distributed.recovery import validate_out
 
     if cfg.backend == "ray":
         raise ConfigError("started by torchrun but --backend ray: drop --backend ray, or run without torchrun")
@@ -73,7 +73,7 @@ def run_torchrun_worker(cfg: TrainConfig) -> Any:
     # anything yet: no rank can see a folder that rank 0 created a moment ago.
     cfg = plan_attempt(cfg, launch_id, restarted)
     cfg.validate()
-    finished = validate_out(cfg)
+    finished = validate_out(cfg, announce=rank == 0)
     if finished is not None:
         return finished
 

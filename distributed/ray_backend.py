@@ -47,9 +47,8 @@ _CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")
 # ---- driver ---------------------------------------------------------------------------------
 def run_ray(cfg: TrainConfig) -> Any:
     """Validate, connect to (or start) a cluster, fit, and return the RunResult read from the run folder."""
+    from dynalora.core.resume import plan_attempt
     from dynalora.distributed.recovery import validate_out
-
-    from dynalora.distributed.recovery import plan_attempt
 
     cfg.validate()
     _absolutise_paths(cfg)
@@ -230,7 +229,7 @@ def _user_error(exc: Exception) -> DynaloraError:
 def _result_from_run(out: Path) -> Any:
     import json
 
-    from dynalora.core.train import RunResult
+    from dynalora.core.run_folder import RunResult
 
     info = json.loads((out / "run.json").read_text(encoding="utf-8"))
     return RunResult(out=out, metrics=info["metrics"], ranks=info["final_ranks"], steps=int(info["steps"]))
@@ -243,7 +242,7 @@ def _ray_worker(config: dict[str, Any]) -> None:
     import torch
 
     from dynalora.distributed.collective import TorchCollective
-    from dynalora.distributed.recovery import find_owned, plan_attempt
+    from dynalora.core.resume import find_owned, plan_attempt
     from dynalora.distributed.watchdog import Watchdog, dist_timeout_s
     from dynalora.distributed.worker import run_worker
 

@@ -29,7 +29,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dynalora.core.atomic import write_json
 from dynalora.core.config import TrainConfig
-from dynalora.core.train import RunResult, TrainHooks, train
+from dynalora.core.run_folder import RunResult
+from dynalora.core.train import TrainHooks, train
 from dynalora.distributed.collective import TorchCollective
 from dynalora.distributed.faults import fault_hook
 

@@ -102,8 +102,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if cfg.backend == "local" and not in_torchrun():
         from dynalora.core.train import train
 
-        cfg.validate()
-        result = train(cfg)
+        result = train(cfg)  # validates before anything is written
     else:
         result = run_training(cfg)
     if result is not None and result.metrics:

@@ -16,28 +16,21 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dynalora.core.atomic import atomic_path, write_json
-from dynalora.core.errors import DynaloraError
 from dynalora.edge_runtime.bench_worker import BenchError, OnnxEngine, TorchEngine
+from dynalora.edge_runtime.envinfo import environment
 from dynalora.edge_runtime.manifest import Manifest, read_manifest, verify_checksums
-from dynalora.edge_runtime.providers import (
-    available_providers,
-    canonical_provider,
-    get_profile,
-    physical_cores,
-    resolve_providers,
-)
+from dynalora.edge_runtime.providers import canonical_provider, get_profile, resolve_providers
+from dynalora.edge_runtime.tolerances import BENCH_PARITY_ATOL
 
 SAMPLE_SENTENCES = (
     "The film is a gripping story with a great cast and a script that never lets go.",
@@ -49,8 +42,6 @@ SAMPLE_SENTENCES = (
     "The government will hold an election next year, the minister told people in the city.",
     "A bright, warm and surprisingly moving film about children growing up in a small town.",
 )
-# Loose defaults for comparing to PyTorch when the manifest records no tolerance.
-DEFAULT_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2, "int8": 5e-1}
 # Tokens (batch x seq) of one configuration: far beyond any edge workload, and the synthetic batch alone
 # would fill the memory of the machine long before a worker could time it.
 MAX_TOKENS = 1 << 20
@@ -107,32 +98,6 @@ def check_output_path(flag: str, value: str | None, overwrite: bool) -> None:
         raise BenchError(f"{flag} {value}: {parent} is a file, not a folder")
 
 
-def environment() -> dict[str, Any]:
-    """Versions, CPU and providers: enough to tell whether two result files are comparable."""
-
-    def version(pkg: str) -> str | None:
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return None
-
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").is_file():
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    import psutil
-
-    return {
-        "python": platform.python_version(), "os": platform.platform(), "cpu": cpu,
-        "physical_cores": physical_cores(), "logical_cores": os.cpu_count(),
-        "ram_gb": psutil.virtual_memory().total / 1024**3, "providers_available": available_providers(),
-        "versions": {pkg: version(pkg) for pkg in ("dynalora", "onnxruntime", "onnxruntime-gpu", "torch",
-                                                     "transformers", "optimum", "optimum-onnx", "numpy")},
-    }
-
-
 def synthetic_batch(tokenizer: Any, batch: int, seq: int) -> dict[str, np.ndarray]:
     """`batch` rows of real-looking text, each exactly `seq` tokens (deterministic: same call, same ids)."""
     n = len(SAMPLE_SENTENCES)
@@ -164,11 +129,11 @@ def validate(folder: Path, manifest: Manifest, provider: str, arrays: dict[str, 
     result: dict[str, Any] = {"provider": provider, "finite": finite, "batch": int(arrays["input_ids"].shape[0]),
                               "seq": int(arrays["input_ids"].shape[1])}
     recorded = manifest.verification or {}
-    tolerance = float(recorded.get("tolerance", DEFAULT_TOLERANCE[manifest.precision]))
+    tolerance = float(recorded.get("tolerance", BENCH_PARITY_ATOL[manifest.precision]))
     if compare_torch:
         torch_logits = TorchEngine(folder, manifest.problem, threads, "cpu").forward(arrays)()
         diff = float(np.max(np.abs(ort_logits.astype(np.float64) - torch_logits)))
-        tolerance = max(tolerance, DEFAULT_TOLERANCE[manifest.precision])
+        tolerance = max(tolerance, BENCH_PARITY_ATOL[manifest.precision])
         result.update(compared_to="torch", max_abs_diff=diff, tolerance=tolerance)
         if not diff <= tolerance:
             raise BenchError(f"onnxruntime ({provider}) and PyTorch disagree: max abs diff {diff:.3g} > {tolerance:.3g}; "
@@ -362,18 +327,3 @@ def bench_main(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, result)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (`python -m dynalora.edge_runtime.bench EXPORT ...`) until the main CLI registers it."""
-    parser = argparse.ArgumentParser(prog="dynalora bench", description=__doc__.splitlines()[0])
-    add_bench_arguments(parser)
-    try:
-        return bench_main(parser.parse_args(argv))
-    except DynaloraError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from dynalora.core.errors import DynaloraError
+from dynalora.edge_runtime.feeds import ort_feeds
+from dynalora.edge_runtime.timing import latency_stats, time_calls
 
 TORCH_WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
@@ -67,28 +69,6 @@ def model_size_mb(folder: Path, files: list[str], engine: str) -> float:
     return sum(p.stat().st_size for p in paths) / 1024**2
 
 
-def summarize_ms(raw_ms: list[float]) -> dict[str, Any]:
-    """Latency statistics in milliseconds; the raw samples are kept for later analysis."""
-    a = np.asarray(raw_ms, dtype=np.float64)
-    pct = {f"p{q}": float(np.percentile(a, q)) for q in (10, 50, 90, 95, 99)}
-    return {"mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()), "max": float(a.max()), **pct,
-            "raw": [float(x) for x in a]}
-
-
-def time_calls(fn: Callable[[], Any], warmup: int, repeats: int, sync: Callable[[], None] = lambda: None,
-               ) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    sync()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return samples
-
-
 class OnnxEngine:
     """The export folder through dynalora's Predictor (no tokenizer, no torch in this process)."""
 
@@ -106,23 +86,8 @@ class OnnxEngine:
         self.load_s = self.predictor.load_seconds
         self.providers_used = self.predictor.providers
 
-    def feeds(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        shape = arrays["input_ids"].shape  # (B, T)
-        feeds = {}
-        for inp in self.predictor.session.get_inputs():
-            if inp.name in arrays:
-                feeds[inp.name] = arrays[inp.name].astype(np.int64)
-            elif inp.name == "token_type_ids":
-                feeds[inp.name] = np.zeros(shape, dtype=np.int64)
-            elif inp.name == "position_ids":
-                feeds[inp.name] = np.tile(np.arange(shape[1], dtype=np.int64), (shape[0], 1))
-            elif inp.name.startswith("past_key_values"):  # (B, kv_heads, 0, head_dim): empty cache = prefill
-                dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-                feeds[inp.name] = np.zeros((shape[0], inp.shape[1], 0, inp.shape[3]), dtype=dtype)
-        return feeds
-
     def forward(self, arrays: dict[str, np.ndarray]) -> Callable[[], np.ndarray]:
-        feeds = self.feeds(arrays)
+        feeds = ort_feeds(self.predictor.session.get_inputs(), arrays)  # a KV-cache graph: empty cache (prefill)
         index = self.predictor.output_names.index("logits") if "logits" in self.predictor.output_names else 0
         return lambda: self.predictor.run_raw(feeds)[index]
 
@@ -211,7 +176,7 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
     if not np.all(np.isfinite(first)):
         raise BenchError(f"{engine.name} produced NaN/inf outputs on the synthetic batch; the export is broken")
     raw = time_calls(run, spec["warmup"], spec["repeats"], engine.sync)
-    latency = summarize_ms(raw)
+    latency = latency_stats(raw)
     batch = spec["batch"]
     record: dict[str, Any] = {
         "engine": engine.name, "provider": spec["provider"] if engine.name == "onnxruntime" else engine.providers_used[0],

@@ -44,7 +44,6 @@ class Manifest:
     """The validated fields of manifest.json that the runtime uses; `raw` keeps the whole document."""
 
     kind: str
-    task_name: str
     problem: str
     label_names: tuple[str, ...]
     model_type: str
@@ -119,7 +118,6 @@ def parse_manifest(data: Mapping[str, Any], where: str = MANIFEST_NAME) -> Manif
     max_length = data.get("max_length")
     return Manifest(
         kind=kind,
-        task_name=str(task.get("name", "")),
         problem=problem,
         label_names=tuple(task.get("label_names") or ()),
         model_type=str(data.get("model_type", "")),

@@ -27,6 +27,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_c
 
 from dynalora.core.errors import DynaloraError
+from dynalora.edge_runtime.feeds import PAST_PREFIX, ort_feeds
 from dynalora.edge_runtime.manifest import Manifest, read_manifest, verify_checksums
 from dynalora.edge_runtime.providers import (
     DeviceProfile,
@@ -46,20 +47,17 @@ class RuntimeLoadError(DynaloraError):
 # What onnxruntime raises for a corrupt / unsupported model file or a provider that will not start.
 _ORT_LOAD_ERRORS = (_ort_c.Fail, _ort_c.InvalidGraph, _ort_c.InvalidProtobuf, _ort_c.NoSuchFile, _ort_c.EPFail,
                     _ort_c.NotImplemented, _ort_c.InvalidArgument, _ort_c.RuntimeException)
-_NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
-              "tensor(int32)": np.int32}
 
 
 class Predictor:
     """A loaded export. Build it with `load()`; attributes: manifest, providers, load_seconds."""
 
     def __init__(self, folder: Path, manifest: Manifest, session: ort.InferenceSession, load_seconds: float,
-                 verify_seconds: float, session_args: dict[str, Any]) -> None:
+                 session_args: dict[str, Any]) -> None:
         self.folder = folder
         self.manifest = manifest
         self.session = session
         self.load_seconds = load_seconds  # InferenceSession creation (checksums and tokenizer excluded)
-        self.verify_seconds = verify_seconds  # sha256 of every listed file
         self._session_args = session_args  # providers / options, to rebuild the session through optimum
         self._tokenizer: Any = None
         self._ort_model: Any = None  # optimum ORTModelForCausalLM, built by the first generate()
@@ -89,7 +87,7 @@ class Predictor:
 
     @property
     def uses_kv_cache(self) -> bool:
-        return any(name.startswith("past_key_values") for name in self.input_names)
+        return any(name.startswith(PAST_PREFIX) for name in self.input_names)
 
     # -- adapters --------------------------------------------------------------------------------
     def use_adapter(self, name: str | None) -> None:
@@ -121,7 +119,8 @@ class Predictor:
 
     def encode(self, texts: Sequence[str] | Sequence[tuple[str, str]], *, max_length: int | None = None,
                pad_to: int | None = None) -> dict[str, np.ndarray]:
-        """Tokenize to the graph's inputs (int64). `pad_to` pads/truncates to exactly that many tokens."""
+        """Tokenize to the graph's feeds (`edge_runtime.feeds.ort_feeds`). `pad_to` pads/truncates to exactly that
+        many tokens."""
         if not texts:
             raise RuntimeLoadError("predict needs at least one text")
         pairs = isinstance(texts[0], (tuple, list))
@@ -130,16 +129,7 @@ class Predictor:
         length = pad_to or max_length or self.manifest.max_length
         enc = self.tokenizer(first, second, padding="max_length" if pad_to else True, truncation=length is not None,
                              max_length=length, return_tensors="np")
-        feeds: dict[str, np.ndarray] = {}
-        shape = enc["input_ids"].shape
-        for inp in self.session.get_inputs():
-            if inp.name in enc:
-                feeds[inp.name] = np.asarray(enc[inp.name], dtype=_NP_DTYPES.get(inp.type, np.int64))
-            elif inp.name == "token_type_ids":
-                feeds[inp.name] = np.zeros(shape, dtype=np.int64)
-            elif inp.name == "position_ids":
-                feeds[inp.name] = np.broadcast_to(np.arange(shape[1], dtype=np.int64), shape).copy()
-        return feeds
+        return ort_feeds(self.session.get_inputs(), enc)
 
     # -- tasks -----------------------------------------------------------------------------------
     def predict(self, texts: Sequence[str] | Sequence[tuple[str, str]]) -> dict[str, Any]:
@@ -189,14 +179,9 @@ class Predictor:
             raise RuntimeLoadError("this export has no past_key_values inputs; re-export with "
                                    "task text-generation-with-past to decode with a KV cache")
         batch, length = input_ids.shape  # (B, T)
-        past_inputs = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values")]
-        feeds: dict[str, np.ndarray] = {
-            i.name: np.zeros((batch, i.shape[1], 0, i.shape[3]), dtype=_NP_DTYPES.get(i.type, np.float32))
-            for i in past_inputs  # (B, kv_heads, 0, head_dim): empty cache for the prefill
-        }
-        feeds["input_ids"] = input_ids.astype(np.int64)
+        feeds = ort_feeds(self.session.get_inputs(), {"input_ids": input_ids})  # empty KV cache: the prefill
         attention = np.ones((batch, length), dtype=np.int64)
-        present_to_past = {o: o.replace("present", "past_key_values", 1) for o in self.output_names
+        present_to_past = {o: o.replace("present", PAST_PREFIX, 1) for o in self.output_names
                            if o.startswith("present")}
         eos = self._eos_token_id()
         tokens: list[np.ndarray] = []
@@ -272,10 +257,8 @@ def load(export_dir: str | os.PathLike[str], provider: str | None = None, thread
     """
     folder = Path(export_dir)
     manifest = read_manifest(folder)
-    t0 = time.perf_counter()
     if verify:
         verify_checksums(folder, manifest)
-    verify_seconds = time.perf_counter() - t0
 
     device = _resolve_profile(profile)
     providers = resolve_providers(provider or (device.provider if device else None), allow_fallback)
@@ -300,7 +283,7 @@ def load(export_dir: str | os.PathLike[str], provider: str | None = None, thread
                                 f"to {used[0]}; fix the install or pass --allow-fallback")
         warnings.warn(f"{providers[0]} failed to start; running on {used[0]}", ProviderFallbackWarning,
                       stacklevel=2)
-    predictor = Predictor(folder, manifest, session, load_seconds, verify_seconds, session_args)
+    predictor = Predictor(folder, manifest, session, load_seconds, session_args)
     if eager_tokenizer:
         predictor.tokenizer  # noqa: B018 - fail now, not at the first predict(), if the tokenizer is broken
     return predictor

@@ -42,7 +42,7 @@ from torch import nn
 from dynalora.core.atomic import atomic_dir
 from dynalora.core.outdir import OutLock
 from dynalora.core.inject import HEAD_NAMES, adapter_layers
-from dynalora.core.layer import DynamicLoRALayer, example_variance
+from dynalora.core.layer import DynamicLoRALayer, example_variance, per_example_gate
 from dynalora.export.common import (
     PARITY_ATOL_FP32,
     base_manifest,
@@ -51,6 +51,7 @@ from dynalora.export.common import (
     load_run_checked,
     max_abs,
     opset_of,
+    quiet_onnx_export,
     refuse_existing,
     run_logits,
     save_single_file,
@@ -84,12 +85,9 @@ class _FeedLoRA(nn.Module):
         h = F.linear(x, p[f"{k}.lora_A"])  # (B, T, R)
         if self.per_example:
             v = example_variance(x, self.feeds.mask)  # (B,)
-            rank = p[f"{k}.rank"]  # (1,) live rank of this layer in this run
-            ratio = (v / p[f"{k}.v_ref"].clamp_min(1e-12)).clamp_min(1e-6)
-            r_b = torch.ceil(rank * ratio.pow(p["per_example.gamma"]))  # (B,)
-            floor = torch.ceil(rank * p["per_example.min_frac"])
-            r_b = torch.minimum(torch.maximum(r_b, floor), rank)
-            gate = (p[f"{k}.order"].unsqueeze(0) < r_b.unsqueeze(1)).to(x.dtype)  # (B, R)
+            # the layer's own gate function, on this run's values fed as graph inputs (rank: (1,) live rank)
+            gate = per_example_gate(v, p[f"{k}.v_ref"], p[f"{k}.rank"], p[f"{k}.order"], p["per_example.gamma"],
+                                    p["per_example.min_frac"], x.dtype)  # (B, R)
             on = p["per_example.enabled"]  # (1,): 1 for a per-example run, 0 for a layer-mode run
             gate = on * gate + (1.0 - on)
             h = h * gate.view(gate.shape[0], *([1] * (h.dim() - 2)), gate.shape[-1])
@@ -285,9 +283,11 @@ def export_adapters(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.Pa
         raw.parent.mkdir()
         try:
             # torch.export first: torch.onnx.export's own call mangles nested dynamic_shapes (tuple -> list)
-            program = torch.export.export(graph_module, args, dynamic_shapes=dynamic, strict=False)
-            torch.onnx.export(program, args, str(raw), input_names=id_names + param_names, output_names=["logits"],
-                              opset_version=opset or 18, dynamo=True, external_data=False, verbose=False)
+            with quiet_onnx_export():
+                program = torch.export.export(graph_module, args, dynamic_shapes=dynamic, strict=False)
+                torch.onnx.export(program, args, str(raw), input_names=id_names + param_names,
+                                  output_names=["logits"], opset_version=opset or 18, dynamo=True,
+                                  external_data=False, verbose=False)
         except Exception as exc:  # torch.onnx raises many unrelated types; name the failing op / module
             raise ExportError(f"the ONNX exporter cannot handle {first.info.get('model_type')} "
                               f"({_exporter_error(exc)})") from None

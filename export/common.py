@@ -1,4 +1,4 @@
-"""Shared pieces of every export: input checks, evaluation inputs, ORT sessions, timing, manifest.
+"""Shared pieces of every export: input checks, evaluation inputs, ORT sessions, timing, manifest, quiet tracing.
 
 Nothing here writes outside the temporary folder an exporter builds in; `write_export_manifest` is the
 last call before the folder is renamed into place.
@@ -6,19 +6,21 @@ last call before the folder is renamed into place.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-import statistics
-import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dynalora import __version__
+from dynalora.edge_runtime.feeds import missing, ort_feeds
+from dynalora.edge_runtime.timing import latency_stats, time_calls
+from dynalora.edge_runtime.tolerances import EXPORT_PARITY_ATOL_FP32 as PARITY_ATOL_FP32  # noqa: F401 - the exporters' name
 from dynalora.export.errors import ExportError
-
-PARITY_ATOL_FP32 = 1e-4
 
 
 def refuse_existing(out: str | os.PathLike[str], overwrite: bool) -> Path:
@@ -65,7 +67,7 @@ def load_run_checked(path: str | os.PathLike[str]) -> Any:
 def eval_examples(run: Any, limit: int | None = None) -> list[Any]:
     """The run's evaluation split (the same seeded split training reported its metrics on)."""
     from dynalora.core.errors import DynaloraError
-    from dynalora.core.train import load_data
+    from dynalora.core.batches import load_data
 
     try:
         data = load_data(run.config)
@@ -83,17 +85,10 @@ def encode(tokenizer: Any, examples: Sequence[Any], max_length: int, input_names
     texts = [e.text for e in examples]
     pairs = [e.text_pair for e in examples] if examples[0].text_pair is not None else None
     enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=True, return_tensors="np")
-    shape = enc["input_ids"].shape
-    feeds: dict[str, np.ndarray] = {}
-    for name in input_names:
-        if name in enc:
-            feeds[name] = np.asarray(enc[name], dtype=np.int64)
-        elif name == "token_type_ids":
-            feeds[name] = np.zeros(shape, dtype=np.int64)
-        elif name == "position_ids":
-            feeds[name] = np.broadcast_to(np.arange(shape[1], dtype=np.int64), shape).copy()
-        else:
-            raise ExportError(f"the exported graph takes an input {name!r} this exporter cannot fill")
+    feeds = ort_feeds(input_names, enc)
+    unfilled = missing(input_names, feeds)
+    if unfilled:
+        raise ExportError(f"the exported graph takes an input {unfilled[0]!r} this exporter cannot fill")
     return feeds
 
 
@@ -119,23 +114,18 @@ def session(path: str | os.PathLike[str], threads: int | None = None, providers:
     return ort.InferenceSession(str(path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"]))
 
 
+def _graph_feeds(sess: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {i.name: feeds[i.name] for i in sess.get_inputs()}
+
+
 def run_logits(sess: Any, feeds: dict[str, np.ndarray], run_options: Any = None) -> np.ndarray:
-    names = [i.name for i in sess.get_inputs()]
-    return np.asarray(sess.run(None, {n: feeds[n] for n in names}, run_options)[0], dtype=np.float32)
+    return np.asarray(sess.run(None, _graph_feeds(sess, feeds), run_options)[0], dtype=np.float32)
 
 
 def median_ms(sess: Any, feeds: dict[str, np.ndarray], repeats: int = 20, warmup: int = 3) -> float:
     """Median latency in ms of `sess.run` on `feeds` (a quick in-export comparison, not the benchmark)."""
-    names = [i.name for i in sess.get_inputs()]
-    feeds = {n: feeds[n] for n in names}
-    for _ in range(warmup):
-        sess.run(None, feeds)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    feeds = _graph_feeds(sess, feeds)
+    return latency_stats(time_calls(lambda: sess.run(None, feeds), warmup, repeats))["p50"]
 
 
 def max_abs(a: np.ndarray, b: np.ndarray) -> float:
@@ -205,16 +195,27 @@ def save_single_file(model: Any, path: Path) -> None:
                     location=path.name + ".data" if large else None)
 
 
-def lm_feeds(sess: Any, ids: np.ndarray) -> dict[str, np.ndarray]:
-    """Feeds for one prefill of an optimum KV-cache decoder: ids, full mask, positions, empty past."""
-    feeds: dict[str, np.ndarray] = {}
-    for inp in sess.get_inputs():
-        if inp.name == "input_ids":
-            feeds[inp.name] = ids
-        elif inp.name == "attention_mask":
-            feeds[inp.name] = np.ones_like(ids)
-        elif inp.name == "position_ids":
-            feeds[inp.name] = np.arange(ids.shape[1], dtype=np.int64)[None]
-        elif inp.name.startswith("past_key_values"):
-            feeds[inp.name] = np.zeros((1, inp.shape[1], 0, inp.shape[3]), dtype=np.float32)
-    return feeds
+class _DropTorchvisionNotice(logging.Filter):
+    """torch.onnx lists "torchvision is not installed. Skipping torchvision::nms" (and 3 more ops) at the first
+    dynamo export of a process: the registry skips ops no text model has."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("torchvision is not installed")
+
+
+@contextlib.contextmanager
+def quiet_onnx_export() -> Iterator[None]:
+    """Around an ONNX export call only: drop the tracer's TracerWarnings (Hugging Face models branch on shapes;
+    every export is verified against PyTorch afterwards, which is what would catch a trace that does not
+    generalise) and torch.onnx's torchvision-registration lines. Every other warning still shows."""
+    import torch
+
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    notice = _DropTorchvisionNotice()
+    registration.addFilter(notice)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            yield
+    finally:
+        registration.removeFilter(notice)

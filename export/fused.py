@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,20 @@ import numpy as np
 from dynalora.core.atomic import atomic_dir
 from dynalora.core.outdir import OutLock
 from dynalora.core.errors import DynaloraError
-from dynalora.export.common import PARITY_ATOL_FP32, base_manifest, max_abs, opset_of, refuse_existing, session, write_export_manifest
+from dynalora.export.common import (
+    PARITY_ATOL_FP32,
+    base_manifest,
+    encode,
+    max_abs,
+    opset_of,
+    quiet_onnx_export,
+    refuse_existing,
+    session,
+    write_export_manifest,
+)
 from dynalora.export.errors import ExportError
 
-OUTPUTS = ("logits", "all_logits", "router_probs", "fusion_weights")  # = dynalora.core.fusion.GRAPH_OUTPUTS
+OUTPUTS = ("logits", "all_logits", "router_probs", "fusion_weights")  # in dynalora.core.fusion.FusedGraph's order
 
 # torch, the fused model and the exporter are imported inside the functions: `dynalora --help` stays fast.
 
@@ -64,7 +73,7 @@ def export_graph(fused: Any, tokenizer: Any, sample: dict[str, np.ndarray], path
     graph = FusedGraph(fused).eval()
     raw = path.parent / (path.stem + ".raw.onnx")
     try:
-        with torch.no_grad():
+        with torch.no_grad(), quiet_onnx_export():
             program = torch.export.export(graph, args, dynamic_shapes=dynamic, strict=False)
             torch.onnx.export(program, args, str(raw), input_names=ids, output_names=list(OUTPUTS),
                               opset_version=opset or 18, dynamo=True, external_data=False, verbose=False)
@@ -75,13 +84,6 @@ def export_graph(fused: Any, tokenizer: Any, sample: dict[str, np.ndarray], path
     save_single_file(model, path)
     raw.unlink()
     return ids
-
-
-def _encode(tokenizer: Any, texts: list[Any], max_length: int, ids: list[str]) -> dict[str, np.ndarray]:
-    pairs = [e.text_pair for e in texts] if texts[0].text_pair is not None else None
-    enc = tokenizer([e.text for e in texts], pairs, truncation=True, max_length=max_length, padding=True,
-                    return_tensors="np")
-    return {n: np.asarray(enc[n], dtype=np.int64) for n in ids}
 
 
 def mixed_examples(fusion: Any, per_task: int = VERIFY_PER_TASK) -> list[Any]:
@@ -138,8 +140,8 @@ def export_fused(fuse_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
     fused, tok, ml = fusion.model, fusion.tokenizer, fusion.max_length
     ids = input_names(tok)
     mixed = mixed_examples(fusion)
-    batches = {"mixed_tasks": _encode(tok, mixed, ml, ids), "single": _encode(tok, mixed[:1], ml, ids),
-               "short_seq": _encode(tok, mixed[: len(fusion.specs)], min(ml, 8), ids)}
+    batches = {"mixed_tasks": encode(tok, mixed, ml, ids), "single": encode(tok, mixed[:1], ml, ids),
+               "short_seq": encode(tok, mixed[: len(fusion.specs)], min(ml, 8), ids)}
     names = [s.name for s in fusion.specs]
     with OutLock(out, "export"), atomic_dir(out, overwrite=overwrite) as tmp:  # one writer at a time
         export_graph(fused, tok, batches["mixed_tasks"], tmp / "model.onnx", opset)

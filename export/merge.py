@@ -4,8 +4,9 @@
     from dynalora.export.merge import merged_model
     plain = merged_model(load_run("runs/rt"))      # a plain HF *ForSequenceClassification
 
-The run's model is not touched: the model is deep-copied, and every `DynamicLoRALayer` of the copy is
-replaced by its base layer with `delta_weight()` (scaling * B diag(g) A, gate folded in) added. The
+The run's model is not touched: the model is deep-copied, and `eject_adapters(copy, merge=True)` (the
+inverse of injection) replaces every `DynamicLoRALayer` of the copy by its base layer with the layer's own
+`merge()` applied (scaling * B diag(g) A, gate folded in). The
 result has no dynalora modules or hooks, so `save_pretrained` / optimum export it like any checkpoint.
 A per-example input-adaptive run has no single merged weight (its update depends on the input): it is
 refused, pointing to `dynalora export adapters`.
@@ -19,10 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from dynalora.core.inject import adapter_layers
+from dynalora.core.inject import adapter_layers, eject_adapters
+from dynalora.edge_runtime.tolerances import MERGE_ATOL
 from dynalora.export.errors import ExportError
-
-MERGE_ATOL = 1e-5
 
 
 def check_inputs(model: nn.Module, batch: int = 4, length: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -50,19 +50,7 @@ def merged_model(run: Any, inputs: dict[str, torch.Tensor] | None = None, atol: 
             "has no merged weight; export it with `dynalora export adapters --runs RUN ...` instead"
         )
     source: nn.Module = run.model
-    merged = copy.deepcopy(source).eval()
-    for name, layer in adapter_layers(merged).items():
-        parent_name, _, leaf = name.rpartition(".")
-        parent = merged.get_submodule(parent_name) if parent_name else merged
-        base = layer.base
-        with torch.no_grad():
-            base.weight += layer.delta_weight().to(base.weight.dtype)
-        setattr(parent, leaf, base)
-    # the copy still carries the attention-mask hook and context of the adapted model: drop them
-    merged._forward_pre_hooks.clear()
-    merged._forward_pre_hooks_with_kwargs.clear()
-    if hasattr(merged, "dynalora_context"):
-        del merged.dynalora_context
+    merged = eject_adapters(copy.deepcopy(source).eval(), merge=True)  # layer.merge(), then the base layers back
     if adapter_layers(merged):
         raise ExportError(f"merging {run.path} left adapter layers behind; this model layout is not supported")
 

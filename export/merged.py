@@ -27,17 +27,19 @@ from typing import Any
 
 from dynalora.core.atomic import atomic_dir
 from dynalora.core.outdir import OutLock
+from dynalora.edge_runtime.feeds import ort_feeds
+from dynalora.edge_runtime.tolerances import BASE_LM_PARITY_ATOL_FP32, EXPORT_PARITY_ATOL_FP16, EXPORT_RECORDED_ATOL
 from dynalora.export.common import (
     PARITY_ATOL_FP32,
     accuracy,
     base_manifest,
     encode,
     eval_examples,
-    lm_feeds,
     load_run_checked,
     max_abs,
     median_ms,
     opset_of,
+    quiet_onnx_export,
     refuse_existing,
     run_logits,
     session,
@@ -48,10 +50,7 @@ from dynalora.export.errors import ExportError
 
 BERT_FAMILY = {"bert", "roberta", "xlm-roberta", "electra", "camembert"}
 VERIFY_BATCH = 32
-WORK = ".work"
-# Recorded with each export. int8 is checked by accuracy on the evaluation split; its logit bound is loose.
-TOLERANCE = {"fp32": PARITY_ATOL_FP32, "fp16": 2e-2, "int8": 0.5}
-BASE_FP32_ATOL = 1e-3  # base causal-LM check: fp32 graph vs PyTorch on a fixed prompt (large vocab, deep stack)  # scratch folder inside the temporary export folder; removed before the manifest
+WORK = ".work"  # scratch folder inside the temporary export folder; removed before the manifest
 
 
 def optimum_export(model_dir: Path, output: Path, task: str, opset: int | None) -> Path:
@@ -60,8 +59,9 @@ def optimum_export(model_dir: Path, output: Path, task: str, opset: int | None) 
     from optimum.exporters.onnx import main_export
 
     try:
-        main_export(str(model_dir), output=str(output), task=task, opset=opset, do_validation=False,
-                    local_files_only=True)
+        with quiet_onnx_export():
+            main_export(str(model_dir), output=str(output), task=task, opset=opset, do_validation=False,
+                        local_files_only=True)
     except (ValueError, KeyError, NotImplementedError, RuntimeError, TypeError) as exc:
         raise ExportError(f"the ONNX exporter cannot handle this model ({_exporter_message(exc)})") from None
     path = output / "model.onnx"
@@ -171,7 +171,7 @@ def export_merged(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
             final, precision = _fp16(plain, work, feeds, reference, verification)
         # the keys edge_runtime's bench reads: the final graph's max abs logit diff vs PyTorch and its tolerance
         verification["max_abs_diff"] = max_abs(run_logits(session(final), feeds), reference)
-        verification["tolerance"] = TOLERANCE[precision]
+        verification["tolerance"] = EXPORT_RECORDED_ATOL[precision]
         shutil.copyfile(final, tmp / "model.onnx")
         if (final.parent / (final.name + ".data")).is_file():
             raise ExportError("the model needs external data (> 2 GB); this exporter writes single-file models")
@@ -191,11 +191,9 @@ def export_merged(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
 
 def _int8(src: Path, work: Path, run: Any, examples: list, max_length: int, fp32: Any, limit: int | None,
           verification: dict) -> tuple[Path, str]:
+    """int8 graph of `src`, judged by accuracy (classification runs only: export_merged refuses others up front)."""
     from dynalora.export.quantize import quantize_int8
 
-    if run.info["task"]["problem"] != "classification":
-        raise ExportError("int8 export is only verified for classification runs (accuracy is the check); "
-                      "export this regression run with fp32")
     dst = work / "int8.onnx"
     verification["int8"] = quantize_int8(src, dst)
     subset = examples[:limit] if limit else examples
@@ -207,14 +205,14 @@ def _int8(src: Path, work: Path, run: Any, examples: list, max_length: int, fp32
 
 
 def _fp16(src: Path, work: Path, feeds: dict, reference: Any, verification: dict) -> tuple[Path, str]:
-    from dynalora.export.quantize import FP16_ATOL, convert_fp16
+    from dynalora.export.quantize import convert_fp16
 
     dst = work / "fp16.onnx"
     verification["fp16"] = convert_fp16(src, dst)
     diff = max_abs(run_logits(session(dst), feeds), reference)
     verification["fp16_vs_torch_max_abs"] = diff
-    if not diff <= FP16_ATOL:
-        raise ExportError(f"the fp16 export differs from PyTorch fp32 by {diff:.3g} (> {FP16_ATOL:g}); "
+    if not diff <= EXPORT_PARITY_ATOL_FP16:
+        raise ExportError(f"the fp16 export differs from PyTorch fp32 by {diff:.3g} (> {EXPORT_PARITY_ATOL_FP16:g}); "
                           "export with fp32")
     return dst, "fp16"
 
@@ -312,21 +310,22 @@ def _verify_base(path: Path, plain: Path, task_kind: str) -> dict[str, Any]:
     with torch.no_grad():
         want = model(input_ids=torch.from_numpy(ids)).logits.numpy()
     sess = session(plain)
-    feeds = lm_feeds(sess, ids)
+    feeds = ort_feeds(sess.get_inputs(), {"input_ids": ids})  # full mask, positions, empty KV cache
     diff = max_abs(sess.run(["logits"], feeds)[0], want)
-    if not diff <= BASE_FP32_ATOL:
-        raise ExportError(f"the ONNX export of {path} differs from PyTorch by {diff:.3g} (> {BASE_FP32_ATOL:g}); "
-                          "nothing was written")
-    return {"inputs": "a fixed 16-token prompt", "max_abs_diff": diff, "tolerance": BASE_FP32_ATOL,
+    if not diff <= BASE_LM_PARITY_ATOL_FP32:
+        raise ExportError(f"the ONNX export of {path} differs from PyTorch by {diff:.3g} "
+                          f"(> {BASE_LM_PARITY_ATOL_FP32:g}); nothing was written")
+    return {"inputs": "a fixed 16-token prompt", "max_abs_diff": diff, "tolerance": BASE_LM_PARITY_ATOL_FP32,
             "checked_graph": "fp32 (the int8 graph is derived from it; its quality is measured by perplexity)"}
 
 
 def _save_padded_tokenizer(folder: Path) -> None:
-    """Give a tokenizer without a pad token the eos token as pad (as core's load_tokenizer does), so
-    batched encoding works in the runtime and the bench."""
+    """Give a tokenizer without a pad token one (core.models.ensure_pad_token: eos, else unk), so batched
+    encoding works in the runtime and the bench."""
     from transformers import AutoTokenizer
 
+    from dynalora.core.models import ensure_pad_token
+
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    if tokenizer.pad_token is None and (tokenizer.eos_token or tokenizer.unk_token):
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if tokenizer.pad_token is None and ensure_pad_token(tokenizer):
         tokenizer.save_pretrained(folder)

@@ -20,7 +20,7 @@ that a per-tensor scale cannot hold; 4-bit blocks lose +26%; 8-bit blocks keep +
 
 fp16 (`convert_fp16`): `onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True)`
 (inputs/outputs stay fp32). Meant for GPU execution providers; checked with a looser tolerance
-(FP16_ATOL on logits) because fp16 has ~3 significant digits.
+(edge_runtime.tolerances.EXPORT_PARITY_ATOL_FP16 on logits) because fp16 has ~3 significant digits.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import os
 import re
 from pathlib import Path
 
+from dynalora.edge_runtime.tolerances import EXPORT_PARITY_ATOL_FP16
 from dynalora.export.errors import ExportError
 
-FP16_ATOL = 2e-2
 HEAD_PATTERN = re.compile(r"(classifier|score|lm_head|pooler)", re.IGNORECASE)
 INT8_OPS = ["MatMul", "Attention"]
 
@@ -120,4 +120,4 @@ def convert_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> di
     from dynalora.export.common import save_single_file
 
     save_single_file(model16, Path(dst))
-    return {"method": "convert_float_to_float16", "keep_io_types": True, "atol": FP16_ATOL}
+    return {"method": "convert_float_to_float16", "keep_io_types": True, "atol": EXPORT_PARITY_ATOL_FP16}

@@ -1,10 +1,12 @@
-"""Shared fixtures: tiny random-init models saved to folders, and a small labelled CSV."""
+"""Shared fixtures: tiny random-init models saved to folders, a small labelled CSV, log capture by logger."""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,32 @@ def write_csv(path: Path, rows: list[tuple[str, int]]) -> Path:
 def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
     return {arch: save_tiny_model(arch, root / arch) for arch in ("bert", "llama", "gpt2")}
+
+
+class _Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def log_messages() -> Iterator[Callable[[str], list[str]]]:
+    """log_messages("transformers.modeling_utils") -> the list that logger's messages go to during the test
+    (for libraries whose loggers do not propagate to caplog's root handler)."""
+    attached: list[tuple[logging.Logger, logging.Handler]] = []
+
+    def attach(name: str) -> list[str]:
+        handler, logger = _Messages(), logging.getLogger(name)
+        logger.addHandler(handler)
+        attached.append((logger, handler))
+        return handler.messages
+
+    yield attach
+    for logger, handler in attached:
+        logger.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")

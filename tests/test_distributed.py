@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file
 
 from dynalora.core.config import TrainConfig
-from dynalora.core.run_io import list_checkpoints
+from dynalora.core.checkpoint import list_checkpoints
 from dynalora.core.train import train
 from dynalora.distributed.faults import fault_hook
 from dynalora.distributed.recovery import trim_logs
@@ -194,10 +194,10 @@ def test_torchrun_first_attempt_refuses_existing_out(assets: dict[str, Path]) ->
 
 # ---- checkpoint atomicity (single process: the same code writes every launcher's checkpoints) ---
 def test_crash_during_checkpoint_write_keeps_previous(assets: dict[str, Path], baseline: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import dynalora.core.run_io as run_io
+    import dynalora.core.checkpoint as checkpoint
 
     out = assets["root"] / "ckpt-crash"
-    real_save = run_io.save_file
+    real_save = checkpoint.save_file
     calls = {"n": 0}
 
     def crashing_save(tensors: dict[str, torch.Tensor], path: str, *a: object, **k: object) -> None:
@@ -207,7 +207,7 @@ def test_crash_during_checkpoint_write_keeps_previous(assets: dict[str, Path], b
             raise OSError("simulated crash while writing the checkpoint")
         real_save(tensors, path, *a, **k)
 
-    monkeypatch.setattr(run_io, "save_file", crashing_save)
+    monkeypatch.setattr(checkpoint, "save_file", crashing_save)
     cfg = TrainConfig(model=str(assets["model"]), task=None, train_file=str(assets["data"]), eval_size=32, steps=STEPS,
                       batch_size=BATCH, checkpoint_every=CKPT, progress=False, out=str(out))
     with pytest.raises(OSError, match="simulated crash"):
@@ -217,7 +217,7 @@ def test_crash_during_checkpoint_write_keeps_previous(assets: dict[str, Path], b
     junk = out / "checkpoints" / ".step-0000020.abc.tmp"
     junk.mkdir()
     (junk / "state.safetensors").write_bytes(b"\x00" * 100)
-    monkeypatch.setattr(run_io, "save_file", real_save)
+    monkeypatch.setattr(checkpoint, "save_file", real_save)
     trim_logs(out, 10)
     train(TrainConfig(out=str(out), resume=True, progress=False))
     assert_same_run(baseline, out, world=1)

@@ -375,6 +375,78 @@ def test_bench_bad_inputs(bert_export: Path, lora_export: Path, tmp_path: Path, 
     assert parse_int_list("1,2,2", "--threads") == [1, 2]
 
 
+# -- shared measurement helpers (feeds, timing, environment, tolerances) ---------------------------
+def test_ort_feeds_fill_cast_and_prefill() -> None:
+    from types import SimpleNamespace as Arg
+
+    from dynalora.edge_runtime.feeds import missing, ort_feeds
+
+    graph = [Arg(name="input_ids", type="tensor(int64)", shape=["b", "s"]),
+             Arg(name="attention_mask", type="tensor(int64)", shape=["b", "s"]),
+             Arg(name="token_type_ids", type="tensor(int64)", shape=["b", "s"]),
+             Arg(name="position_ids", type="tensor(int32)", shape=["b", "s"]),
+             Arg(name="past_key_values.0.key", type="tensor(float16)", shape=["b", 2, "p", 8]),
+             Arg(name="pixel_values", type="tensor(float)", shape=["b", 3])]
+    ids = np.array([[5, 6, 7], [8, 9, 0]], dtype=np.int32)  # (B=2, T=3), int32 as some tokenizers give
+    feeds = ort_feeds(graph, {"input_ids": ids, "extra": np.ones(3)})
+    assert list(feeds) == ["input_ids", "attention_mask", "token_type_ids", "position_ids", "past_key_values.0.key"]
+    assert feeds["input_ids"].dtype == np.int64 and feeds["input_ids"].tolist() == ids.tolist()
+    assert feeds["attention_mask"].tolist() == [[1, 1, 1]] * 2 and feeds["token_type_ids"].tolist() == [[0, 0, 0]] * 2
+    assert feeds["position_ids"].tolist() == [[0, 1, 2]] * 2
+    past = feeds["past_key_values.0.key"]
+    assert past.shape == (2, 2, 0, 8) and past.dtype == np.float16  # empty cache: a prefill
+    assert missing(graph, feeds) == ["pixel_values"]
+    # names only (before a graph exists): int64 feeds, no past (its shape is unknown)
+    by_name = ort_feeds(["input_ids", "attention_mask", "past_key_values.0.key"],
+                        {"input_ids": ids, "attention_mask": np.array([[1, 1, 1], [1, 1, 0]])})
+    assert by_name["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]] and by_name["input_ids"].dtype == np.int64
+    assert missing(["input_ids", "past_key_values.0.key"], by_name) == ["past_key_values.0.key"]
+
+
+def test_latency_stats_and_time_calls() -> None:
+    import statistics
+
+    from dynalora.edge_runtime.timing import latency_stats, time_calls
+
+    samples = [float(x) for x in (7, 1, 3, 10, 2, 9, 4, 6, 5, 8)]
+    stats = latency_stats(samples)
+    assert stats["p50"] == statistics.median(samples) == 5.5 and stats["mean"] == 5.5
+    assert (stats["min"], stats["max"]) == (1.0, 10.0)  # percentiles interpolate linearly between samples
+    assert [stats[p] for p in ("p10", "p90", "p95", "p99")] == pytest.approx([1.9, 9.1, 9.55, 9.91])
+    assert stats["raw"] == samples and all(isinstance(v, float) for k, v in stats.items() if k != "raw")
+    with pytest.raises(ValueError, match="at least one sample"):
+        latency_stats([])
+    calls: list[int] = []
+    times = time_calls(lambda: calls.append(1), warmup=2, repeats=5)
+    assert len(calls) == 7 and len(times) == 5 and all(t >= 0 for t in times)
+
+
+def test_environment_and_helpers_stay_torch_free() -> None:
+    code = ("import sys\n"
+            "import dynalora.edge_runtime.feeds, dynalora.edge_runtime.timing, dynalora.edge_runtime.tolerances\n"
+            "from dynalora.edge_runtime.envinfo import environment\n"
+            "env = environment(('numpy', 'no-such-package-xyz'))\n"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'\n"
+            "assert env['versions'] == {'numpy': __import__('numpy').__version__, 'no-such-package-xyz': None}\n"
+            "assert env['torch_threads'] is None and env['cpu'] and env['logical_cores'] >= 1\n"
+            "assert {'python', 'os', 'physical_cores', 'ram_gb', 'providers_available', 'load_average', 'date'} <= set(env)\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tolerances_keep_their_values_and_are_the_ones_checked() -> None:
+    from dynalora.edge_runtime import bench, tolerances
+    from dynalora.export import common, merge, merged, quantize
+
+    assert tolerances.EXPORT_PARITY_ATOL_FP32 == 1e-4 and tolerances.BASE_LM_PARITY_ATOL_FP32 == 1e-3
+    assert tolerances.EXPORT_PARITY_ATOL_FP16 == 2e-2 and tolerances.EXPORT_INT8_LOGIT_ATOL == 0.5
+    assert tolerances.MERGE_ATOL == 1e-5 and tolerances.BENCH_PARITY_ATOL == {"fp32": 1e-3, "fp16": 5e-2, "int8": 5e-1}
+    assert tolerances.EXPORT_RECORDED_ATOL == {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.5}
+    assert common.PARITY_ATOL_FP32 is merged.PARITY_ATOL_FP32 is tolerances.EXPORT_PARITY_ATOL_FP32
+    assert merged.BASE_LM_PARITY_ATOL_FP32 is tolerances.BASE_LM_PARITY_ATOL_FP32
+    assert quantize.EXPORT_PARITY_ATOL_FP16 is merged.EXPORT_PARITY_ATOL_FP16 is tolerances.EXPORT_PARITY_ATOL_FP16
+    assert merge.MERGE_ATOL is tolerances.MERGE_ATOL and bench.BENCH_PARITY_ATOL is tolerances.BENCH_PARITY_ATOL
+
+
 # -- GPU -----------------------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),

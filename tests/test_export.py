@@ -9,8 +9,10 @@ Runs are trained once per session (12 steps) and shared; every export goes to it
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -279,6 +281,45 @@ def test_failed_verification_writes_nothing(runs: dict[str, Path], tmp_path: Pat
         merged.export_merged(runs["bert"], tmp_path / "o", optimize=False)
     _no_leftovers(tmp_path / "o")
     assert common.PARITY_ATOL_FP32 == 1e-4
+
+
+# ---- what users see: no tracer / fresh-head noise, real warnings kept -------------------------------
+def test_quiet_onnx_export_drops_only_tracer_and_torchvision_noise(log_messages) -> None:
+    import torch
+
+    from dynalora.export.common import quiet_onnx_export
+
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    seen, level = log_messages(logger.name), logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with quiet_onnx_export():
+                warnings.warn("Converting a tensor to a Python boolean", torch.jit.TracerWarning)
+                warnings.warn("a real problem", UserWarning)
+                logger.warning("torchvision is not installed. Skipping %s", "torchvision::nms")
+                logger.warning("Failed to infer the signature for function %s", "f")
+            warnings.warn("after the export", torch.jit.TracerWarning)
+            logger.warning("torchvision is not installed. Skipping %s", "torchvision::roi_align")
+    finally:
+        logger.setLevel(level)
+    assert [str(w.message) for w in caught] == ["a real problem", "after the export"]
+    assert seen == ["Failed to infer the signature for function f",
+                             "torchvision is not installed. Skipping torchvision::roi_align"]
+
+
+def test_export_shows_no_tracer_or_fresh_head_noise(runs: dict[str, Path], tmp_path: Path, log_messages) -> None:
+    """bert_reg's base checkpoint has a 2-label head, the run a 1-value one: loading it used to print
+    transformers' "newly initialized ... TRAIN this model", and tracing BERT a TracerWarning."""
+    from dynalora.export.merged import export_merged
+
+    seen = log_messages("transformers.modeling_utils")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_merged(runs["bert_reg"], tmp_path / "o", optimize=False)
+    assert not [m for m in seen if "TRAIN this model" in m]
+    assert not [w for w in caught if "TracerWarning" in type(w.message).__name__]
 
 
 # ---- GPU -----------------------------------------------------------------------------------------

@@ -121,3 +121,50 @@ def test_per_example_layer_refuses_merge() -> None:
     layer = DynamicLoRALayer(nn.Linear(16, 4), capacity=4, rank=3, scaling=1.0, context=ctx)
     with pytest.raises(RuntimeError, match="per-example"):
         layer.merge()
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_eject_adapters_is_the_inverse_of_injection(arch: str) -> None:
+    """eject(merge=False) gives the base model back exactly; eject(merge=True) keeps the adapted outputs."""
+    import copy
+
+    from tiny_models import tiny_model
+
+    from dynalora.core.inject import adapter_layers, eject_adapters, inject_adapters
+
+    base = tiny_model(arch).eval()
+    ids = torch.randint(5, 1000, (3, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        want_base = base(input_ids=ids, attention_mask=mask).logits
+    adapted = copy.deepcopy(base)
+    torch.manual_seed(1)
+    inject_adapters(adapted, targets=None, capacity=4, rank=2, scaling=2.0)
+    for layer in adapter_layers(adapted).values():
+        with torch.no_grad():
+            layer.lora_B.normal_()
+    with torch.no_grad():
+        want_adapted = adapted(input_ids=ids, attention_mask=mask).logits
+    assert float((want_adapted - want_base).abs().max()) > 1e-3  # the adapters do something
+
+    restored = eject_adapters(copy.deepcopy(adapted), merge=False)
+    merged = eject_adapters(copy.deepcopy(adapted), merge=True)
+    for model in (restored, merged):
+        assert not adapter_layers(model) and not hasattr(model, "dynalora_context")
+        assert not any(getattr(h, "dynalora_mask_hook", False) for h in model._forward_pre_hooks.values())
+    with torch.no_grad():
+        torch.testing.assert_close(restored(input_ids=ids, attention_mask=mask).logits, want_base, atol=0, rtol=0)
+        torch.testing.assert_close(merged(input_ids=ids, attention_mask=mask).logits, want_adapted, atol=1e-5, rtol=0)
+
+
+def test_per_example_gate_formula() -> None:
+    """r_b = clamp(ceil(k (v_b/v_ref)^gamma), ceil(k min_frac), k); the r_b most important components stay."""
+    from dynalora.core.layer import per_example_gate
+
+    v = torch.tensor([0.0, 0.25, 1.0, 9.0])
+    order = torch.tensor([2, 0, 3, 1, 5, 4])  # importance rank of each of 6 slots (0 = most important)
+    gate = per_example_gate(v, torch.tensor(1.0), torch.tensor(4.0), order, 0.5, 0.25, torch.float32)
+    # r_b: floor ceil(4*0.25)=1; ceil(4*0.5)=2; ceil(4*1)=4; ceil(4*3)=12 -> capped at k=4
+    assert gate.sum(dim=1).tolist() == [1.0, 2.0, 4.0, 4.0]
+    assert gate[1].tolist() == [0.0, 1.0, 0.0, 1.0, 0.0, 0.0]  # order 0 and 1

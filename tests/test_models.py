@@ -7,16 +7,20 @@ The real built-in models (minilm, smollm2-135m) load only in tests marked slow: 
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import AutoTokenizer
 
-from dynalora.core.errors import ConfigError, ModelError
+from dynalora.core.errors import CheckpointError, ConfigError, ModelError
 from dynalora.core.models import (
     BUILTIN_MODELS,
+    ensure_pad_token,
     load_classifier,
+    load_saved_tokenizer,
     load_tokenizer,
     model_family,
     resolve_model_path,
@@ -100,6 +104,41 @@ def test_pad_token_falls_back_to_eos(tmp_path: Path) -> None:
     tok.save_pretrained(folder)
     loaded = load_tokenizer(str(folder))
     assert loaded.pad_token == "[SEP]" and loaded.padding_side == "right"
+
+
+def test_ensure_pad_token_rule() -> None:
+    def tok(pad: str | None, eos: str | None, unk: str | None) -> SimpleNamespace:
+        return SimpleNamespace(pad_token=pad, eos_token=eos, unk_token=unk)
+
+    cases = [(tok("[PAD]", "</s>", "<unk>"), "[PAD]"), (tok(None, "</s>", "<unk>"), "</s>"),
+             (tok(None, None, "<unk>"), "<unk>")]
+    for t, want in cases:
+        assert ensure_pad_token(t) and t.pad_token == want
+    bare = tok(None, None, None)
+    assert not ensure_pad_token(bare) and bare.pad_token is None
+
+
+def test_load_saved_tokenizer(tmp_path: Path) -> None:
+    folder = save_tiny_model("gpt2", tmp_path / "m")
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.pad_token, tok.eos_token, tok.padding_side = None, "[SEP]", "left"
+    tok.save_pretrained(tmp_path / "saved")
+    loaded = load_saved_tokenizer(tmp_path / "saved")
+    assert loaded.pad_token == "[SEP]" and loaded.padding_side == "right"
+    (tmp_path / "saved" / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="tokenizer in .*saved cannot be loaded") as info:
+        load_saved_tokenizer(tmp_path / "saved")
+    assert "\n" not in str(info.value)
+
+
+def test_fresh_head_notice_hidden_only_when_the_head_is_restored(tmp_path: Path, log_messages) -> None:
+    folder = save_tiny_model("bert", tmp_path / "m")  # a 2-label head: 3 labels get a fresh one
+    seen = log_messages("transformers.modeling_utils")
+    load_classifier(str(folder), 3, "classification", head_restored=True)
+    assert not any("TRAIN this model" in m for m in seen)
+    load_classifier(str(folder), 3, "classification")  # a fresh head to train: the notice is right here
+    assert any("TRAIN this model" in m for m in seen)
+    assert not logging.getLogger("transformers.modeling_utils").filters  # the filter is gone after the load
 
 
 def test_unknown_model_lists_builtins(tmp_path: Path) -> None:

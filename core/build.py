@@ -1,0 +1,74 @@
+"""Building what a run trains: device, base model with injected adapters, rank controller, optimizer.
+
+    device = resolve_device(cfg.device)
+    model, tokenizer, controller, model_path = build_model(cfg, data, steps, device)
+    optimizer, scheduler, names = build_optimizer(model, cfg, steps)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from dynalora.core.config import TrainConfig
+from dynalora.core.controller import RankController
+from dynalora.core.data import TaskData
+from dynalora.core.errors import ConfigError
+from dynalora.core.inject import inject_adapters
+from dynalora.core.models import load_task_model, load_tokenizer, resolve_model_path
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> this worker's CUDA device when one is present (LOCAL_RANK under torchrun), else CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    return torch.device(name)
+
+
+def build_model(
+    cfg: TrainConfig, data: TaskData, steps: int, device: torch.device | None = None
+) -> tuple[nn.Module, Any, RankController, str]:
+    model_path = resolve_model_path(cfg.model)
+    tokenizer = load_tokenizer(model_path)
+    model = load_task_model(model_path, data.spec.num_labels, data.spec.problem, seed=cfg.seed)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(cfg.seed)  # adapter init is seeded independently of the model load
+    dynamic = not cfg.dynamic.is_static
+    layers, ctx = inject_adapters(
+        model,
+        targets=cfg.lora.target_modules,
+        capacity=cfg.lora.resolved_max_rank(dynamic),
+        rank=cfg.lora.rank,
+        scaling=cfg.lora.alpha / cfg.lora.rank,
+        dropout=cfg.lora.dropout,
+    )
+    if device is not None:
+        model.to(device)  # before the controller: its statistics buffer lives on the layers' device
+    controller = RankController(layers, ctx, cfg.lora, cfg.dynamic, steps, seed=cfg.seed)
+    return model, tokenizer, controller, model_path
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, steps: int) -> tuple[torch.optim.Optimizer, Any, dict[int, str]]:
+    """AdamW over the trainable tensors, linear warm-up then linear decay to 0 at `steps`.
+
+    Returns (optimizer, scheduler, {id(param): name}); the names key the optimizer state in checkpoints.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = max(1, int(cfg.warmup_ratio * steps)) if cfg.warmup_ratio > 0 else 0
+
+    def lr_lambda(s: int) -> float:
+        if warm and s < warm:
+            return (s + 1) / warm
+        return max(0.0, (steps - s) / max(1, steps - warm))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda), names
