@@ -71,7 +71,7 @@ def train_runs(work: Path) -> list[Path]:
 
 
 def train_fuse(work: Path, runs: list[Path]) -> Path:
-    from dynalora.core.fusion_train import FuseConfig, train_fusion
+    from dynalora.fusion import FuseConfig, train_fusion
 
     fuse = work / "fuse"
     if not (fuse / "fusion.json").is_file():
@@ -83,7 +83,7 @@ def train_multitask_baseline(fuse: Path) -> None:
     """The one-adapter-for-all baseline, as `fuse train --multitask-steps` would (a later stage here)."""
     import json
 
-    from dynalora.core.fusion_train import load_fusion, task_data, train_multitask
+    from dynalora.fusion.train import load_fusion, task_data, train_multitask
 
     if (fuse / "multitask" / "run.json").is_file():
         return
@@ -98,8 +98,9 @@ def train_multitask_baseline(fuse: Path) -> None:
 @torch.no_grad()
 def feature_study(fusion: Any, layers: tuple[int, ...] = (0, 1, 2, 6)) -> dict[str, Any]:
     """Router held-out accuracy when it reads mean-pooled hidden state `l` of the frozen base (0 = embeddings)."""
-    from dynalora.core.fusion_train import balanced, encode_texts, task_data
-    from dynalora.core.router import RouterConfig, sentence_features, train_router
+    from dynalora.fusion.config import RouterConfig
+    from dynalora.fusion.router import sentence_features, train_router
+    from dynalora.fusion.train import balanced, encode_texts, task_data
 
     model, tok = fusion.model, fusion.tokenizer
     datas = [task_data(s) for s in fusion.specs]
@@ -141,8 +142,8 @@ def variants(fusion: Any) -> dict[str, Any]:
     """name -> FusedModel: single, fused K, loop K for K in 2, 4, 8."""
     import copy
 
-    from dynalora.core.fusion import build_fused_model
-    from dynalora.core.router import Router
+    from dynalora.fusion.model import build_fused_model
+    from dynalora.fusion.router import Router
 
     specs = fusion.specs
     out: dict[str, Any] = {"single": build_fused_model(specs[:1], None, 1.0)}
@@ -230,10 +231,10 @@ def causal_latency(rounds: int, rank: int = 8) -> dict[str, Any]:
     on q_proj / v_proj: single vs stacked+router vs loop+router, batch 1, seq 64, 2 threads. No accuracy."""
     from transformers import AutoModelForCausalLM
 
-    from dynalora.core.fusion import FusedLoRALayer, FusionContext
+    from dynalora.fusion.model import FusedLoRALayer, FusionContext
     from dynalora.core.inject import find_targets
     from dynalora.core.models import load_tokenizer, resolve_model_path
-    from dynalora.core.router import Router, sentence_features, top_p_weights
+    from dynalora.fusion.router import Router, sentence_features, top_p_weights
 
     torch.set_num_threads(2)
     torch.manual_seed(SEED)
@@ -468,7 +469,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    from dynalora.core.fusion_train import evaluate_fusion, load_fusion
+    from dynalora.fusion import evaluate_fusion, load_fusion
 
     env = environment()
     fuse = train_fuse(work, train_runs(work))

@@ -70,7 +70,7 @@ def train_runs(work: Path, steps: int, max_length: int, max_eval: int, lr: float
 def latency(fusion: Any, rounds: int) -> dict[str, Any]:
     """single vs fused K vs loop K, PyTorch, one social_iqa question (all its options), batch 1."""
     from dynalora.core.choice import encode_choices
-    from dynalora.core.fusion_train import encode_texts, task_data
+    from dynalora.fusion.train import encode_texts, task_data
 
     torch.set_num_threads(2)
     specs = fusion.specs
@@ -158,7 +158,8 @@ def main() -> int:
     runs, seconds = train_runs(work, args.steps, args.max_length, args.max_eval, args.lr)
     report["train_seconds"] = seconds
 
-    from dynalora.core.fusion_train import FuseConfig, evaluate_fusion, load_fusion, task_data, train_fusion
+    from dynalora.fusion import FuseConfig, evaluate_fusion, load_fusion, train_fusion
+    from dynalora.fusion.train import task_data
 
     fuse = work / "fuse"
     if not (fuse / "fusion.json").is_file():

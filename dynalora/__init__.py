@@ -2,8 +2,9 @@
 
 Sub-packages (folders at the repository root, imported under this name):
     dynalora.core          adapters, importance statistics, rank allocation, training loop, data
+    dynalora.fusion        several task adapters behind a router (DLP-LoRA style): `dynalora fuse`
     dynalora.distributed   torchrun / Ray Train launchers and the all-reduce for the statistics
-    dynalora.export        merge adapters, ONNX export, quantisation
+    dynalora.export        merge adapters, ONNX export (fused graphs too), quantisation
     dynalora.edge_runtime  onnxruntime predictor and latency/memory benchmark
 """
 
@@ -21,8 +22,8 @@ def load_run(path):  # noqa: ANN001, ANN201 - thin lazy re-export, see dynalora.
     return _load_run(path)
 
 
-def load_fusion(path):  # noqa: ANN001, ANN201 - thin lazy re-export, see dynalora.core.fusion_train
+def load_fusion(path):  # noqa: ANN001, ANN201 - thin lazy re-export, see dynalora.fusion.train
     """Load a fusion folder (`dynalora fuse train`): returns an object with ``.model`` and ``.tokenizer``."""
-    from dynalora.core.fusion_train import load_fusion as _load_fusion
+    from dynalora.fusion.train import load_fusion as _load_fusion
 
     return _load_fusion(path)

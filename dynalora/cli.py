@@ -4,17 +4,18 @@
     dynalora export merged|adapters ...        (see dynalora.export)
     dynalora bench  EXPORT ...                 (see dynalora.edge_runtime)
     dynalora cluster up|down                   (see dynalora.distributed)
+    dynalora fuse   train|eval ...             (see dynalora.fusion)
     dynalora tasks                             list built-in tasks
 
-Flags of `train` are generated from the TrainConfig / LoRAConfig / DynamicConfig dataclasses,
-so flags, YAML and the Python API cannot drift apart. Precedence: flag > YAML > default.
+Flags of `train` are generated from the TrainConfig / LoRAConfig / DynamicConfig dataclasses (dynalora/flags.py,
+which `fuse train` uses too), so flags, YAML and the Python API cannot drift apart. Precedence: flag > YAML > default.
+This module only dispatches: each package registers its own subcommands through `register(subparsers)`.
 A user error prints one line on stderr and exits with code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import typing
@@ -22,25 +23,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from dynalora.core.errors import DynaloraError
+from dynalora.flags import add_dataclass_flags, dataclass_values
 
-def _add_dataclass_flags(parser: argparse.ArgumentParser, kind: type, section: str) -> None:
-    from dynalora.core.config import flag_name
-
-    group = parser.add_argument_group(section or "training")
-    for f in dataclasses.fields(kind):
-        if f.name in ("lora", "dynamic"):
-            continue
-        flag = flag_name(section, f.name)
-        dest = f"{section}.{f.name}" if section else f.name
-        help_text = f.metadata.get("help", "")
-        ftype = str(f.type)
-        if ftype.startswith("bool"):
-            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-        elif "list[str]" in ftype:
-            group.add_argument(flag, dest=dest, nargs="+", default=argparse.SUPPRESS, help=help_text)
-        else:
-            conv = int if ftype.startswith("int") else float if ftype.startswith("float") else str
-            group.add_argument(flag, dest=dest, type=conv, default=argparse.SUPPRESS, help=help_text)
+NOT_CONFIG = ("func", "config_file", "command", "static")  # `train` arguments that are no TrainConfig field
 
 
 def _train_parser(sub: Any) -> None:
@@ -49,42 +34,33 @@ def _train_parser(sub: Any) -> None:
     p = sub.add_parser("train", help="fine-tune with dynamic LoRA", description="Fine-tune a model with dynamic LoRA.")
     p.add_argument("--config", dest="config_file", default=None, help="YAML file with the same options (flags win)")
     p.add_argument("--static", action="store_true", default=False, help="static LoRA baseline: no reallocation, no input statistics")
-    _add_dataclass_flags(p, TrainConfig, "")
-    _add_dataclass_flags(p, LoRAConfig, "lora")
-    _add_dataclass_flags(p, DynamicConfig, "dynamic")
+    add_dataclass_flags(p, TrainConfig, "")
+    add_dataclass_flags(p, LoRAConfig, "lora")
+    add_dataclass_flags(p, DynamicConfig, "dynamic")
     p.set_defaults(func=_cmd_train)
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    from dynalora.core.config import TrainConfig
+    from dynalora.core.config import SECTIONS, TrainConfig
 
+    # what the user actually set (flags, then YAML keys below; not defaults): --resume refuses those that differ
+    nested = dataclass_values(args, skip=NOT_CONFIG)
+    if args.static:
+        nested.setdefault("dynamic", {}).update(reallocate=False, input_adaptive="off")
     data: dict[str, Any] = {}
     if args.config_file:
         data = TrainConfig.from_yaml(args.config_file).to_dict()
-    for key, value in vars(args).items():
-        if key in ("func", "config_file", "command", "static"):
-            continue
-        if "." in key:
-            section, name = key.split(".", 1)
-            data.setdefault(section, {})[name] = value
+    for key, value in nested.items():  # flag > YAML
+        if key in SECTIONS:
+            data.setdefault(key, {}).update(value)
         else:
             data[key] = value
-    if args.static:
-        data.setdefault("dynamic", {}).update(reallocate=False, input_adaptive="off")
     if data.get("train_file") and "task" not in data:
         data["task"] = None  # own files: the task is named after the file, labels are not checked against a built-in
 
     cfg = TrainConfig.from_dict(data)
-    # what the user actually set (flags and YAML keys, not defaults): --resume refuses those that differ
     from dynalora.core.resume import explicit_keys
 
-    given = {k: v for k, v in vars(args).items() if k not in ("func", "config_file", "command", "static")}
-    nested: dict[str, Any] = {}
-    for key, value in given.items():
-        section, _, name = key.rpartition(".")
-        (nested.setdefault(section, {}) if section else nested)[name if section else key] = value
-    if args.static:
-        nested.setdefault("dynamic", {}).update(reallocate=False, input_adaptive="off")
     if args.config_file:
         import yaml
 
@@ -139,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _tasks_parser(sub)
-    for module in ("dynalora.export.cli", "dynalora.edge_runtime.cli", "dynalora.distributed.cli", "dynalora.core.fusion_cli"):
+    for module in ("dynalora.export.cli", "dynalora.edge_runtime.cli", "dynalora.distributed.cli", "dynalora.fusion.cli"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -3,13 +3,16 @@
     dynalora export merged   --run runs/rt --out exports/rt [--quantize int8|fp16] [--opset 17] [--overwrite]
     dynalora export adapters --runs runs/a runs/b --out exports/ab [--overwrite]
     dynalora export base     --model smollm2-135m --task-kind text-generation-with-past --out exports/smol
+    dynalora export fused    --fuse fuse/ --out exports/fused [--overwrite]
 
     from dynalora.export import export_merged, export_adapters, merged_model
     export_merged("runs/rt", "exports/rt", quantize="int8")
 
 Modules: `merge.py` (pure merge transform), `merged.py` (merged / base ONNX export, graph optimisation,
 verification), `quantize.py` (int8 / fp16 choices), `adapters.py` (one graph + native ORT LoRA adapters),
-`common.py` (output folders, evaluation inputs, manifest), `cli.py` (the subcommands).
+`fused.py` (a `dynalora.fusion` folder as one graph: router + top-p + stacked adapters + heads),
+`common.py` (output folders, evaluation inputs, manifest, shared flags), `cli.py` (the subcommands).
+Sits on top of `dynalora.core` and `dynalora.fusion`; neither imports it.
 Every export is built in a temporary sibling folder, verified against PyTorch, and only then renamed into
 place: a failed check leaves nothing behind.
 """

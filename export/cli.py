@@ -12,8 +12,9 @@ the main CLI prints one line and exits with code 2, and nothing is left on disk.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
+
+from dynalora.export.common import add_output_flags, report
 
 
 def register(subparsers: Any) -> None:
@@ -23,28 +24,22 @@ def register(subparsers: Any) -> None:
 
     merged = sub.add_parser("merged", help="merge a run's adapters into the base weights and export one graph")
     merged.add_argument("--run", required=True, help="run folder written by `dynalora train`")
-    merged.add_argument("--out", required=True, help="export folder to create")
     merged.add_argument("--quantize", choices=("int8", "fp16"), default=None, help="post-training quantisation")
-    merged.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     merged.add_argument("--no-optimize", dest="optimize", action="store_false", help="skip graph optimisation")
-    merged.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    add_output_flags(merged)
     merged.set_defaults(func=_cmd_merged)
 
     adapters = sub.add_parser("adapters", help="one base graph + a native onnxruntime LoRA adapter per run")
     adapters.add_argument("--runs", nargs="+", required=True, help="run folders sharing one base model")
-    adapters.add_argument("--out", required=True, help="export folder to create")
-    adapters.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
-    adapters.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    add_output_flags(adapters, opset_default="18")
     adapters.set_defaults(func=_cmd_adapters)
 
     base = sub.add_parser("base", help="export a base model without a run (e.g. a causal LM for decode benchmarks)")
     base.add_argument("--model", required=True, help="built-in name (smollm2-135m, minilm) or model folder")
-    base.add_argument("--out", required=True, help="export folder to create")
     base.add_argument("--task-kind", default="text-generation-with-past",
                       help="optimum task (text-generation-with-past, text-classification, ...)")
     base.add_argument("--quantize", choices=("int8",), default=None, help="post-training quantisation")
-    base.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
-    base.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    add_output_flags(base)
     base.set_defaults(func=_cmd_base)
 
     from dynalora.export.fused import add_fused_parser  # `export fused`: see export/fused.py
@@ -52,24 +47,18 @@ def register(subparsers: Any) -> None:
     add_fused_parser(sub)
 
 
-def _report(out: str, manifest: dict[str, Any]) -> int:
-    print(f"exported {manifest['kind']} ({manifest['precision']}) to {out}")
-    print(json.dumps(manifest.get("verification", {}), indent=2, sort_keys=True))
-    return 0
-
-
 def _cmd_merged(args: argparse.Namespace) -> int:
     from dynalora.export.merged import export_merged
 
     manifest = export_merged(args.run, args.out, quantize=args.quantize, opset=args.opset, overwrite=args.overwrite,
                              optimize=args.optimize)
-    return _report(args.out, manifest)
+    return report(args.out, manifest)
 
 
 def _cmd_adapters(args: argparse.Namespace) -> int:
     from dynalora.export.adapters import export_adapters
 
-    return _report(args.out, export_adapters(args.runs, args.out, opset=args.opset, overwrite=args.overwrite))
+    return report(args.out, export_adapters(args.runs, args.out, opset=args.opset, overwrite=args.overwrite))
 
 
 def _cmd_base(args: argparse.Namespace) -> int:
@@ -77,4 +66,4 @@ def _cmd_base(args: argparse.Namespace) -> int:
 
     manifest = export_base(args.model, args.out, task_kind=args.task_kind, quantize=args.quantize, opset=args.opset,
                            overwrite=args.overwrite)
-    return _report(args.out, manifest)
+    return report(args.out, manifest)

@@ -1,4 +1,5 @@
-"""Shared pieces of every export: input checks, evaluation inputs, ORT sessions, timing, manifest, quiet tracing.
+"""Shared pieces of every export: input checks, evaluation inputs, ORT sessions, timing, manifest, quiet tracing,
+and the output flags and summary every `dynalora export` subcommand shares.
 
 Nothing here writes outside the temporary folder an exporter builds in; `write_export_manifest` is the
 last call before the folder is renamed into place.
@@ -21,6 +22,23 @@ from dynalora.edge_runtime.feeds import missing, ort_feeds
 from dynalora.edge_runtime.timing import latency_stats, time_calls
 from dynalora.edge_runtime.tolerances import EXPORT_PARITY_ATOL_FP32 as PARITY_ATOL_FP32  # noqa: F401 - the exporters' name
 from dynalora.export.errors import ExportError
+
+
+def add_output_flags(parser: Any, opset_default: str = "the exporter's") -> None:
+    """--out, --opset and --overwrite: the flags every `dynalora export` subcommand has."""
+    parser.add_argument("--out", required=True, help="export folder to create")
+    parser.add_argument("--opset", type=int, default=None, help=f"ONNX opset (default: {opset_default})")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+
+
+def report(out: str | os.PathLike[str], manifest: dict[str, Any], what: str | None = None) -> int:
+    """The summary an export subcommand prints: what was exported where, then the verification (JSON)."""
+    import json
+
+    what = what or f"{manifest['kind']} ({manifest['precision']})"
+    print(f"exported {what} to {out}")
+    print(json.dumps(manifest.get("verification", {}), indent=2, sort_keys=True))
+    return 0
 
 
 def refuse_existing(out: str | os.PathLike[str], overwrite: bool) -> Path:

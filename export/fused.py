@@ -28,18 +28,20 @@ from dynalora.core.outdir import OutLock
 from dynalora.core.errors import DynaloraError
 from dynalora.export.common import (
     PARITY_ATOL_FP32,
+    add_output_flags,
     base_manifest,
     encode,
     max_abs,
     opset_of,
     quiet_onnx_export,
     refuse_existing,
+    report,
     session,
     write_export_manifest,
 )
 from dynalora.export.errors import ExportError
 
-OUTPUTS = ("logits", "all_logits", "router_probs", "fusion_weights")  # in dynalora.core.fusion.FusedGraph's order
+OUTPUTS = ("logits", "all_logits", "router_probs", "fusion_weights")  # in dynalora.fusion.model.FusedGraph's order
 
 # torch, the fused model and the exporter are imported inside the functions: `dynalora --help` stays fast.
 
@@ -57,7 +59,7 @@ def export_graph(fused: Any, tokenizer: Any, sample: dict[str, np.ndarray], path
     import onnx
     import torch
 
-    from dynalora.core.fusion import FusedGraph
+    from dynalora.fusion.model import FusedGraph
     from dynalora.export.adapters import _exporter_error, _name_dynamic_dims
     from dynalora.export.common import save_single_file
 
@@ -88,7 +90,7 @@ def export_graph(fused: Any, tokenizer: Any, sample: dict[str, np.ndarray], path
 
 def mixed_examples(fusion: Any, per_task: int = VERIFY_PER_TASK) -> list[Any]:
     """Evaluation texts of every task, interleaved (task 0, task 1, ..., task 0, ...)."""
-    from dynalora.core.fusion_train import task_data
+    from dynalora.fusion.train import task_data
 
     try:
         per = [task_data(s).eval[:per_task] for s in fusion.specs]
@@ -104,7 +106,7 @@ def verify(sess: Any, fused: Any, batches: dict[str, dict[str, np.ndarray]]) -> 
     """Max abs difference of every output, onnxruntime vs PyTorch, per verification batch."""
     import torch
 
-    from dynalora.core.fusion import FusedGraph
+    from dynalora.fusion.model import FusedGraph
 
     result: dict[str, Any] = {}
     worst = 0.0
@@ -126,7 +128,7 @@ def verify(sess: Any, fused: Any, batches: dict[str, dict[str, np.ndarray]]) -> 
 def export_fused(fuse_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, opset: int | None = None,
                  overwrite: bool = False) -> Path:
     """Export a fusion folder as one verified ONNX graph; returns the export folder."""
-    from dynalora.core.fusion_train import load_fusion
+    from dynalora.fusion.train import load_fusion
 
     out = refuse_existing(out, overwrite)
     try:
@@ -172,11 +174,10 @@ def export_fused(fuse_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
 
 
 def add_fused_parser(export_subparsers: Any) -> None:
+    """`dynalora export fused` (added to the `export` subcommands by export/cli.py)."""
     p = export_subparsers.add_parser("fused", help="one ONNX graph: router + top-p + stacked task adapters + heads")
     p.add_argument("--fuse", required=True, help="fusion folder written by `dynalora fuse train`")
-    p.add_argument("--out", required=True, help="export folder to create")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    add_output_flags(p, opset_default="18")
     p.set_defaults(func=_cmd_fused)
 
 
@@ -185,6 +186,4 @@ def _cmd_fused(args: argparse.Namespace) -> int:
 
     out = export_fused(args.fuse, args.out, opset=args.opset, overwrite=args.overwrite)
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-    print(f"exported fused graph ({len(manifest['fusion']['tasks'])} tasks) to {out}")
-    print(json.dumps({k: v for k, v in manifest["verification"].items()}, indent=2, sort_keys=True))
-    return 0
+    return report(out, manifest, what=f"fused graph ({len(manifest['fusion']['tasks'])} tasks)")

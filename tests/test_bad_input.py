@@ -354,7 +354,7 @@ def test_bench_output_paths(tmp_path, capsys) -> None:
 @pytest.mark.parametrize("flag", ["--router-epochs", "--router-hidden", "--router-per-task"])
 def test_fuse_router_flags_named(flag, tmp_path) -> None:
     from dynalora.core.errors import ConfigError
-    from dynalora.core.router import RouterConfig
+    from dynalora.fusion import RouterConfig
 
     name = {"--router-epochs": "epochs", "--router-hidden": "hidden", "--router-per-task": "per_task"}[flag]
     with pytest.raises(ConfigError, match=f"{flag} must be >= 1, got 0"):

@@ -196,7 +196,8 @@ def test_encoder_refused_for_choice(tiny_dirs: dict[str, Path], choice_files: di
 def test_choice_fusion_export_and_multitask(tiny_dirs: dict[str, Path], choice_files: dict[str, Path],
                                            tmp_path: Path) -> None:
     from dynalora.core.config import TrainConfig
-    from dynalora.core.fusion_train import FuseConfig, evaluate_fusion, load_fusion, task_data, train_fusion
+    from dynalora.fusion import FuseConfig, evaluate_fusion, load_fusion, train_fusion
+    from dynalora.fusion.train import task_data
     from dynalora.core.run_io import load_run
     from dynalora.core.train import train
     from dynalora.export import ExportError

@@ -1,4 +1,4 @@
-"""Tests of DLP-style fusion (core/fusion.py, core/router.py, core/fusion_train.py, export/fused.py).
+"""Tests of DLP-style fusion (fusion/: adapters, model, router, train, evaluate, cli; export/fused.py).
 
     pytest tests/test_fusion.py          # CPU, tiny random-init bert / llama runs of 12 steps (~1 min on 2 cores)
 
@@ -58,8 +58,7 @@ def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 
 @pytest.fixture(scope="module")
 def fuse_dir(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from dynalora.core.fusion_train import FuseConfig, train_fusion
-    from dynalora.core.router import RouterConfig
+    from dynalora.fusion import FuseConfig, RouterConfig, train_fusion
 
     out = tmp_path_factory.mktemp("fuse") / "bert"
     return train_fusion(FuseConfig(runs=[str(runs["bert_sent"]), str(runs["bert_topic"])], out=str(out),
@@ -72,7 +71,7 @@ def test_stacked_layer_equals_per_adapter_sum(conv1d: bool) -> None:
     """One A and one B product == sum_k w_k B_k A_k x, with a different routing for every example."""
     from transformers.pytorch_utils import Conv1D
 
-    from dynalora.core.fusion import FusedLoRALayer, FusionContext
+    from dynalora.fusion.model import FusedLoRALayer, FusionContext
 
     torch.manual_seed(0)
     base = Conv1D(12, 10) if conv1d else nn.Linear(10, 12)
@@ -113,7 +112,7 @@ def _reference_top_p(probs: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def test_top_p_properties() -> None:
-    from dynalora.core.router import dlp_lora_weights, top_p_weights
+    from dynalora.fusion.router import dlp_lora_weights, top_p_weights
 
     gen = torch.Generator().manual_seed(0)
     probs = torch.softmax(3 * torch.randn(64, 5, generator=gen), -1)
@@ -140,14 +139,14 @@ def test_top_p_properties() -> None:
 @pytest.mark.parametrize("p", [0.0, -0.1, 1.5, float("nan")])
 def test_bad_p_refused(p: float) -> None:
     from dynalora.core.errors import ConfigError
-    from dynalora.core.router import check_p
+    from dynalora.fusion.config import check_p
 
     with pytest.raises(ConfigError, match="top-p must be in"):
         check_p(p)
 
 
 def test_router_trains_on_tiny_data() -> None:
-    from dynalora.core.router import RouterConfig, train_router
+    from dynalora.fusion import RouterConfig, train_router
 
     gen = torch.Generator().manual_seed(0)
     centers = 3 * torch.randn(3, 16, generator=gen)
@@ -194,8 +193,7 @@ def test_fusion_oracle_equals_each_run_and_mixed_batch_equals_loop(fuse_dir: Pat
 
 
 def test_fusion_llama_oracle(runs: dict[str, Path], tmp_path: Path) -> None:
-    from dynalora.core.fusion_train import FuseConfig, load_fusion, train_fusion
-    from dynalora.core.router import RouterConfig
+    from dynalora.fusion import FuseConfig, RouterConfig, load_fusion, train_fusion
     from dynalora.core.run_io import load_run
 
     out = train_fusion(FuseConfig(runs=[str(runs["llama_sent"]), str(runs["llama_topic"])], out=str(tmp_path / "f"),
@@ -229,7 +227,7 @@ def test_fuse_cli_train_with_multitask_then_eval(runs: dict[str, Path], capsys: 
 
 # ---- export + edge runtime -----------------------------------------------------------------------------
 def test_export_fused_parity_edge_and_bench(fuse_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from dynalora.core.fusion_train import load_fusion
+    from dynalora.fusion import load_fusion
     from dynalora.edge_runtime import load
     from dynalora.edge_runtime.bench import run_bench
 
@@ -302,8 +300,8 @@ def test_bad_input(case: str, runs: dict[str, Path], fuse_dir: Path, tmp_path: P
 
 
 def test_router_refuses_weights_for_unknown_adapters(fuse_dir: Path) -> None:
-    from dynalora.core.fusion import FusionError
-    from dynalora.core.fusion_train import load_fusion
+    from dynalora.fusion import FusionError
+    from dynalora.fusion import load_fusion
 
     fusion = load_fusion(fuse_dir)
     enc = _batch(fusion.tokenizer, ["good movie"])
@@ -312,7 +310,7 @@ def test_router_refuses_weights_for_unknown_adapters(fuse_dir: Path) -> None:
 
 
 def test_router_from_reuses_and_reorders(fuse_dir: Path, runs: dict[str, Path], tmp_path: Path) -> None:
-    from dynalora.core.fusion_train import FuseConfig, load_fusion, train_fusion
+    from dynalora.fusion import FuseConfig, load_fusion, train_fusion
 
     out = train_fusion(FuseConfig(runs=[str(runs["bert_topic"]), str(runs["bert_sent"])], out=str(tmp_path / "r"),
                                   router_from=str(fuse_dir)))
