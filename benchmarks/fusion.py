@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dynalora.core.atomic import write_json, write_text
+from dynalora.atomic import write_json, write_text
 from dynalora.core.config import LoRAConfig, TrainConfig
 
 WORK = Path(os.environ.get("DYNALORA_FUSION_WORK", "/tmp/fusion_bench"))

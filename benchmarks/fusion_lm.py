@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from dynalora.core.atomic import write_json, write_text
+from dynalora.atomic import write_json, write_text
 from dynalora.core.config import TrainConfig
 from dynalora.edge_runtime.envinfo import environment
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from dynalora.core.atomic import write_json, write_text
+from dynalora.atomic import write_json, write_text
 from dynalora.core.config import DynamicConfig, LoRAConfig, TrainConfig
 from dynalora.core.controller import LocalCollective, RankController
 from dynalora.core.data import TaskData

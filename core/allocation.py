@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from dynalora.core.errors import ConfigError
+from dynalora.errors import ConfigError
 
 
 def layer_bounds(n_layers: int, min_rank: int, max_rank: int, caps: Sequence[int] | None = None

@@ -21,7 +21,7 @@ import torch
 from dynalora.core.choice import encode_choices
 from dynalora.core.config import TrainConfig
 from dynalora.core.data import MULTIPLE_CHOICE, Example, TaskData, TaskSpec, for_objective, load_task
-from dynalora.core.errors import ConfigError
+from dynalora.errors import ConfigError
 
 
 def load_data(cfg: TrainConfig) -> TaskData:

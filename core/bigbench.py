@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dynalora.core.task import CLASSIFICATION, MULTIPLE_CHOICE, Example, TaskData, TaskSpec, read_utf8, seeded_split
-from dynalora.core.errors import DataError
+from dynalora.errors import DataError
 
 _DEFAULT_EVAL_FRACTION = 0.2
 _INPUT_PREFIX = "\nQ: "  # BIG-bench's JSON-task defaults

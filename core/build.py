@@ -16,7 +16,7 @@ from torch import nn
 from dynalora.core.config import TrainConfig
 from dynalora.core.controller import RankController
 from dynalora.core.data import TaskData
-from dynalora.core.errors import ConfigError
+from dynalora.errors import ConfigError
 from dynalora.core.inject import inject_adapters
 from dynalora.core.models import load_task_model, load_tokenizer, resolve_model_path
 

@@ -6,7 +6,7 @@
                                                   optimizer state, rank controller, torch RNG
     resume_from(run, model, opt, sched, ctl)      restore all of it; returns (step, losses)
 
-Checkpoints are written atomically (core/atomic.py) and two are kept, so a crash mid-write leaves the
+Checkpoints are written atomically (dynalora/atomic.py) and two are kept, so a crash mid-write leaves the
 previous one, and a damaged newest one falls back to the one before. Safetensors + JSON only.
 """
 
@@ -23,8 +23,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from dynalora.core.atomic import atomic_dir, write_json
-from dynalora.core.errors import CheckpointError
+from dynalora.atomic import atomic_dir, write_json
+from dynalora.errors import CheckpointError
 from dynalora.core.inject import adapter_layers
 from dynalora.core.safe_read import read_json, read_safetensors
 

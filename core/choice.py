@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynalora.core.data import Example, TaskSpec
-from dynalora.core.errors import ConfigError
+from dynalora.errors import ConfigError
 
 MISSING = -1e4  # logit of an option an example does not have
 OPTION_PREFIX = " "

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from dynalora.core.errors import ConfigError, not_utf8_message
+from dynalora.errors import ConfigError, not_utf8_message
 
 INPUT_ADAPTIVE_MODES = ("off", "layer", "per-example")
 DEVICE_PATTERN = re.compile(r"cpu|auto|mps|(cuda|xpu)(:\d+)?")

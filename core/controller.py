@@ -25,7 +25,7 @@ import torch
 from dynalora.core import importance
 from dynalora.core.allocation import allocate_ranks, check_budget, largest_average_rank, plan_layer
 from dynalora.core.config import DynamicConfig, LoRAConfig
-from dynalora.core.errors import ConfigError, DynaloraError
+from dynalora.errors import ConfigError, DynaloraError
 from dynalora.core.layer import AdapterContext, DynamicLoRALayer
 from dynalora.core.schedule import RankSchedule
 from dynalora.core.statistics import StatsBuffer

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dynalora.core.errors import ConfigError, DataError
+from dynalora.errors import ConfigError, DataError
 from dynalora.core.glue import GLUE as _GLUE
 from dynalora.core.glue import glue_spec, load_glue_dir, load_glue_hub
 from dynalora.core.task import (  # noqa: F401 - re-exported: the public types live here for callers

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from dynalora.core.errors import DataError
+from dynalora.errors import DataError
 from dynalora.core.task import CLASSIFICATION, REGRESSION, Example, TaskData, TaskSpec, read_utf8
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from dynalora.core.allocation import allocate_ranks
-from dynalora.core.errors import ModelError
+from dynalora.errors import ModelError
 from dynalora.core.layer import AdapterContext, Conv1D, DynamicLoRALayer, base_shape
 
 # model_type -> default target leaf names (the attention query/value projections, as LoRA's paper)

@@ -2,7 +2,7 @@
 
 Classification: accuracy, f1 (F1 of class 1 for binary tasks, macro F1 otherwise) and mcc
 (Matthews correlation, multiclass form of Gorodkin 2004). Regression: pearson, spearman (ranks with
-ties averaged) and mse. Definitions match scikit-learn / scipy; tests/test_metrics.py checks that.
+ties averaged) and mse. Definitions match scikit-learn / scipy; tests/core/test_metrics.py checks that.
 """
 
 from __future__ import annotations

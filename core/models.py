@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
-from dynalora.core.atomic import atomic_dir
-from dynalora.core.errors import CheckpointError, ConfigError, ModelError
+from dynalora.atomic import atomic_dir
+from dynalora.errors import CheckpointError, ConfigError, ModelError
 
 
 @dataclass(frozen=True)

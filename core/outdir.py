@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dynalora.core.atomic import _fsync_dir, write_json
-from dynalora.core.errors import ConfigError
+from dynalora.atomic import _fsync_dir, write_json
+from dynalora.errors import ConfigError
 
 MARKER = ".dynalora"
 KINDS = ("run", "export", "fusion")
@@ -151,12 +151,9 @@ class OutLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = _read_holder(fd)
+                error = _busy(self.out, fd)
                 os.close(fd)
-                raise ConfigError(
-                    f"{self.out} is being written by another dynalora process ({holder}): wait for it to finish, "
-                    "or pick another --out"
-                ) from None
+                raise error from None
             # The file may have been unlinked by its previous holder between our open and flock:
             # then we hold a lock on a dead inode; open again.
             try:
@@ -198,18 +195,17 @@ def check_unlocked(out: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = _read_holder(fd)
-        raise ConfigError(
-            f"{out} is being written by another dynalora process ({holder}): wait for it to finish, or pick another --out"
-        ) from None
+        raise _busy(out, fd) from None
     finally:
         os.close(fd)
 
 
-def _read_holder(fd: int) -> str:
+def _busy(out: Path, fd: int) -> ConfigError:
+    """The one-line error for a folder whose lock (open as `fd`) another live process holds."""
     try:
         os.lseek(fd, 0, os.SEEK_SET)
         info = json.loads(os.read(fd, 4096).decode() or "{}")
-        return f"PID {info['pid']} on {info['host']}"
+        holder = f"PID {info['pid']} on {info['host']}"
     except (OSError, ValueError, KeyError):
-        return "PID unknown"
+        holder = "PID unknown"
+    return ConfigError(f"{out} is being written by another dynalora process ({holder}): wait for it to finish, or pick another --out")

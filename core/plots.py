@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dynalora.core.atomic import atomic_path
+from dynalora.atomic import atomic_path
 
 
 def short_name(name: str) -> str:

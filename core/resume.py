@@ -31,7 +31,7 @@ from typing import Any
 
 from dynalora.core.checkpoint import load_latest_checkpoint
 from dynalora.core.config import TrainConfig
-from dynalora.core.errors import CheckpointError, ConfigError
+from dynalora.errors import CheckpointError, ConfigError
 from dynalora.core.outdir import read_marker, staging_path
 from dynalora.core.run_folder import RunResult, finished_result
 

@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from dynalora import __version__
-from dynalora.core.atomic import write_json, write_text
+from dynalora.atomic import write_json, write_text
 from dynalora.core.config import TrainConfig
 from dynalora.core.controller import RankController
 from dynalora.core.data import MULTIPLE_CHOICE, TaskData
-from dynalora.core.errors import CheckpointError, ConfigError
+from dynalora.errors import CheckpointError, ConfigError
 from dynalora.core.outdir import check_out_path, check_replaceable, check_unlocked, final_path, is_empty_dir, staging_path, write_marker
 from dynalora.core.run_io import save_adapter
 

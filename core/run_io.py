@@ -24,9 +24,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from dynalora.core.atomic import atomic_dir, write_json
+from dynalora.atomic import atomic_dir, write_json
 from dynalora.core.config import TrainConfig
-from dynalora.core.errors import CheckpointError
+from dynalora.errors import CheckpointError
 from dynalora.core.inject import HEAD_NAMES, adapter_layers, inject_adapters
 from dynalora.core.layer import DynamicLoRALayer
 from dynalora.core.safe_read import read_json as _read_json

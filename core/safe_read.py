@@ -13,7 +13,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from dynalora.core.errors import CheckpointError
+from dynalora.errors import CheckpointError
 
 
 def read_json(path: Path) -> dict[str, Any]:

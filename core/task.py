@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dynalora.core.errors import ConfigError, DataError, not_utf8_message
+from dynalora.errors import ConfigError, DataError, not_utf8_message
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"

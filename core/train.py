@@ -24,13 +24,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from dynalora.core.atomic import append_line
+from dynalora.atomic import append_line
 from dynalora.core.batches import encode_batch, global_batch, load_data, total_steps
 from dynalora.core.build import build_model, build_optimizer, resolve_device
 from dynalora.core.checkpoint import checkpoint_tensors, resume_from, save_checkpoint
 from dynalora.core.config import TrainConfig
 from dynalora.core.controller import Collective, LocalCollective
-from dynalora.core.errors import ConfigError
+from dynalora.errors import ConfigError
 from dynalora.core.evaluate import evaluate, task_module
 from dynalora.core.outdir import OutLock, final_path, swap_into_place
 from dynalora.core.resume import finished_run, plan_attempt

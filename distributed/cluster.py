@@ -39,7 +39,7 @@ from typing import Any
 
 import psutil
 
-from dynalora.core.atomic import write_json
+from dynalora.atomic import write_json
 from dynalora.distributed.errors import ClusterError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

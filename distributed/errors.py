@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dynalora.core.errors import DynaloraError
+from dynalora.errors import DynaloraError
 
 
 class ClusterError(DynaloraError):

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from dynalora.core.config import TrainConfig
-from dynalora.core.errors import ConfigError
+from dynalora.errors import ConfigError
 
 
 

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from dynalora.core.atomic import atomic_dir
+from dynalora.atomic import atomic_dir
 from dynalora.core.config import TrainConfig
-from dynalora.core.errors import DynaloraError
+from dynalora.errors import DynaloraError
 from dynalora.distributed.cluster import auth_token as _auth_token
 from dynalora.distributed.errors import ClusterError, DistributedError
 from dynalora.distributed.watchdog import dist_timeout_s

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from dynalora.core.errors import ConfigError
+from dynalora.errors import ConfigError
 
 DEFAULT_TIMEOUT_S = 600.0
 EXIT_STALLED = 75  # EX_TEMPFAIL: "try again" (the launcher restarts the group if it may)

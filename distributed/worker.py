@@ -27,7 +27,7 @@ from typing import Any
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dynalora.core.atomic import write_json
+from dynalora.atomic import write_json
 from dynalora.core.config import TrainConfig
 from dynalora.core.run_folder import RunResult
 from dynalora.core.train import TrainHooks, train

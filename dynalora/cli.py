@@ -22,7 +22,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from dynalora.core.errors import DynaloraError
+from dynalora.errors import DynaloraError
 from dynalora.flags import add_dataclass_flags, dataclass_values
 
 NOT_CONFIG = ("func", "config_file", "command", "static")  # `train` arguments that are no TrainConfig field

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from dynalora.core.atomic import atomic_path, write_json
+from dynalora.atomic import atomic_path, write_json
 from dynalora.edge_runtime.bench_worker import BenchError, OnnxEngine, TorchEngine
 from dynalora.edge_runtime.envinfo import environment
 from dynalora.edge_runtime.manifest import Manifest, read_manifest, verify_checksums

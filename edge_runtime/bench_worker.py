@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from dynalora.core.errors import DynaloraError
+from dynalora.errors import DynaloraError
 from dynalora.edge_runtime.feeds import ort_feeds
 from dynalora.edge_runtime.timing import latency_stats, time_calls
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dynalora.core.atomic import write_json
-from dynalora.core.errors import DynaloraError
+from dynalora.atomic import write_json
+from dynalora.errors import DynaloraError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "dynalora-export"

@@ -26,7 +26,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_c
 
-from dynalora.core.errors import DynaloraError
+from dynalora.errors import DynaloraError
 from dynalora.edge_runtime.feeds import PAST_PREFIX, ort_feeds
 from dynalora.edge_runtime.manifest import Manifest, read_manifest, verify_checksums
 from dynalora.edge_runtime.providers import (

@@ -22,7 +22,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from dynalora.core.errors import DynaloraError
+from dynalora.errors import DynaloraError
 
 CPU = "CPUExecutionProvider"
 # Priority order used when no provider is named: accelerators first, CPU always last.

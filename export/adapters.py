@@ -30,6 +30,7 @@ import copy
 import hashlib
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynalora.core.atomic import atomic_dir
+from dynalora.atomic import atomic_dir
 from dynalora.core.outdir import OutLock
 from dynalora.core.inject import HEAD_NAMES, adapter_layers
 from dynalora.core.layer import DynamicLoRALayer, example_variance, per_example_gate
@@ -241,10 +242,6 @@ def build_graph_module(first: Any, ranks: dict[str, int], per_example: bool) -> 
 def export_adapters(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *,
                     opset: int | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Export runs sharing a base model as one graph + native ORT adapters; returns the manifest."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import numpy_helper
-
     if not run_dirs:
         raise ExportError("--runs needs at least one run folder")
     out = refuse_existing(out, overwrite)
@@ -279,42 +276,8 @@ def export_adapters(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.Pa
     seq = torch.export.Dim("sequence_length", max=int(max_positions)) if max_positions else torch.export.Dim("sequence_length")
     dynamic = (tuple({0: batch, 1: seq} for _ in id_names), tuple(None for _ in param_names))
     with OutLock(out, "export"), atomic_dir(out, overwrite=overwrite) as tmp:  # one writer at a time
-        raw = tmp / ".work" / "graph.onnx"
-        raw.parent.mkdir()
-        try:
-            # torch.export first: torch.onnx.export's own call mangles nested dynamic_shapes (tuple -> list)
-            with quiet_onnx_export():
-                program = torch.export.export(graph_module, args, dynamic_shapes=dynamic, strict=False)
-                torch.onnx.export(program, args, str(raw), input_names=id_names + param_names,
-                                  output_names=["logits"], opset_version=opset or 18, dynamo=True,
-                                  external_data=False, verbose=False)
-        except Exception as exc:  # torch.onnx raises many unrelated types; name the failing op / module
-            raise ExportError(f"the ONNX exporter cannot handle {first.info.get('model_type')} "
-                              f"({_exporter_error(exc)})") from None
-        model = onnx.load(str(raw))
-        graph_inputs = {i.name for i in model.graph.input}
-        missing = [n for n in param_names if n not in graph_inputs]
-        if missing:
-            raise ExportError(f"the exporter dropped the adapter inputs {missing[:3]}; cannot build adapters")
-        _name_dynamic_dims(model, id_names)
-        existing = {i.name for i in model.graph.initializer}
-        for n in param_names:  # defaults = first run: overridable initializers, what ORT adapters replace
-            if n not in existing:
-                model.graph.initializer.append(numpy_helper.from_array(params[0][n], n))
-        save_single_file(model, tmp / "model.onnx")
-        import shutil
-
-        shutil.rmtree(raw.parent)
-        (tmp / "adapters").mkdir()
-        adapter_files: dict[str, str] = {}
-        for name, p in zip(names, params, strict=True):
-            fmt = ort.AdapterFormat()
-            fmt.set_adapter_version(1)
-            fmt.set_model_version(1)
-            fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for k, v in p.items()})
-            rel = f"adapters/{name}.onnx_adapter"
-            fmt.export_adapter(str(tmp / rel))
-            adapter_files[name] = rel
+        _trace_to_onnx(graph_module, args, dynamic, id_names, param_names, params[0], opset, first, tmp / "model.onnx")
+        adapter_files = _write_adapter_files(tmp, names, params)
         verification = _verify(tmp, runs, names, adapter_files, max_length)
         tokenizer.save_pretrained(tmp)
         first.model.config.save_pretrained(tmp)
@@ -338,6 +301,55 @@ def export_adapters(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.Pa
         manifest["verification"] = verification
         written = write_export_manifest(tmp, manifest)
     return written
+
+
+def _trace_to_onnx(graph_module: nn.Module, args: tuple, dynamic: tuple, id_names: list[str], param_names: list[str],
+                   defaults: dict[str, np.ndarray], opset: int | None, first: Any, dest: Path) -> None:
+    """torch.export -> ONNX with the adapter tensors as graph inputs whose defaults are the first run's."""
+    import onnx
+    from onnx import numpy_helper
+
+    raw = dest.parent / ".work" / "graph.onnx"
+    raw.parent.mkdir()
+    try:
+        # torch.export first: torch.onnx.export's own call mangles nested dynamic_shapes (tuple -> list)
+        with quiet_onnx_export():
+            program = torch.export.export(graph_module, args, dynamic_shapes=dynamic, strict=False)
+            torch.onnx.export(program, args, str(raw), input_names=id_names + param_names,
+                              output_names=["logits"], opset_version=opset or 18, dynamo=True,
+                              external_data=False, verbose=False)
+    except Exception as exc:  # torch.onnx raises many unrelated types; name the failing op / module
+        raise ExportError(f"the ONNX exporter cannot handle {first.info.get('model_type')} "
+                          f"({_exporter_error(exc)})") from None
+    model = onnx.load(str(raw))
+    graph_inputs = {i.name for i in model.graph.input}
+    missing = [n for n in param_names if n not in graph_inputs]
+    if missing:
+        raise ExportError(f"the exporter dropped the adapter inputs {missing[:3]}; cannot build adapters")
+    _name_dynamic_dims(model, id_names)
+    existing = {i.name for i in model.graph.initializer}
+    for n in param_names:  # defaults = first run: overridable initializers, what ORT adapters replace
+        if n not in existing:
+            model.graph.initializer.append(numpy_helper.from_array(defaults[n], n))
+    save_single_file(model, dest)
+    shutil.rmtree(raw.parent)
+
+
+def _write_adapter_files(tmp: Path, names: list[str], params: list[dict[str, np.ndarray]]) -> dict[str, str]:
+    """One native onnxruntime `.onnx_adapter` file per run; returns {name: relative path}."""
+    import onnxruntime as ort
+
+    (tmp / "adapters").mkdir()
+    adapter_files: dict[str, str] = {}
+    for name, p in zip(names, params, strict=True):
+        fmt = ort.AdapterFormat()
+        fmt.set_adapter_version(1)
+        fmt.set_model_version(1)
+        fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for k, v in p.items()})
+        rel = f"adapters/{name}.onnx_adapter"
+        fmt.export_adapter(str(tmp / rel))
+        adapter_files[name] = rel
+    return adapter_files
 
 
 def _name_dynamic_dims(model: Any, id_names: Sequence[str]) -> None:

@@ -46,7 +46,7 @@ def refuse_existing(out: str | os.PathLike[str], overwrite: bool) -> Path:
 
     `--overwrite` replaces only a folder an earlier export wrote (its `.dynalora` marker says so).
     """
-    from dynalora.core.errors import ConfigError
+    from dynalora.errors import ConfigError
     from dynalora.core.outdir import check_out_path, check_replaceable, is_empty_dir
 
     out = Path(out)
@@ -63,7 +63,7 @@ def refuse_existing(out: str | os.PathLike[str], overwrite: bool) -> Path:
 
 def load_run_checked(path: str | os.PathLike[str]) -> Any:
     """`load_run` with export-specific checks: a run folder, with its tokenizer."""
-    from dynalora.core.errors import DynaloraError
+    from dynalora.errors import DynaloraError
     from dynalora.core.run_io import is_run_dir, load_run
 
     path = Path(path)
@@ -84,7 +84,7 @@ def load_run_checked(path: str | os.PathLike[str]) -> Any:
 
 def eval_examples(run: Any, limit: int | None = None) -> list[Any]:
     """The run's evaluation split (the same seeded split training reported its metrics on)."""
-    from dynalora.core.errors import DynaloraError
+    from dynalora.errors import DynaloraError
     from dynalora.core.batches import load_data
 
     try:

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from dynalora.core.atomic import atomic_dir
+from dynalora.atomic import atomic_dir
 from dynalora.core.outdir import OutLock
-from dynalora.core.errors import DynaloraError
+from dynalora.errors import DynaloraError
 from dynalora.export.common import (
     PARITY_ATOL_FP32,
     add_output_flags,

@@ -25,7 +25,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from dynalora.core.atomic import atomic_dir
+from dynalora.atomic import atomic_dir
 from dynalora.core.outdir import OutLock
 from dynalora.edge_runtime.feeds import ort_feeds
 from dynalora.edge_runtime.tolerances import BASE_LM_PARITY_ATOL_FP32, EXPORT_PARITY_ATOL_FP16, EXPORT_RECORDED_ATOL
@@ -242,7 +242,7 @@ def export_base(model: str, out: str | os.PathLike[str], *, task_kind: str = "te
     with_torch: copy the HF weights into EXPORT/torch/ so `dynalora bench --compare-torch` can run them.
     merged_from: (run folder, run.json) when `model` is a run's merged causal LM (`export merged`).
     """
-    from dynalora.core.errors import DynaloraError
+    from dynalora.errors import DynaloraError
     from dynalora.core.models import resolve_model_path
 
     if quantize not in (None, "int8"):

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from dynalora.core.errors import CheckpointError, DynaloraError
+from dynalora.errors import CheckpointError, DynaloraError
 from dynalora.core.run_io import AdapterFiles, _read_json, read_adapter_files
 
 FUSABLE = ("classification", "multiple_choice")

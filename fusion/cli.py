@@ -63,8 +63,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from dynalora.core.atomic import write_json
-    from dynalora.core.errors import ConfigError
+    from dynalora.atomic import write_json
+    from dynalora.errors import ConfigError
     from dynalora.fusion.evaluate import evaluate_fusion
     from dynalora.fusion.train import load_fusion
 

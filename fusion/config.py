@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from dynalora.core.errors import ConfigError
+from dynalora.errors import ConfigError
 
 DEFAULT_P = 0.6  # DLP-LoRA's default
 

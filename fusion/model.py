@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynalora.core.errors import CheckpointError, DynaloraError
+from dynalora.errors import CheckpointError, DynaloraError
 from dynalora.core.inject import HEAD_NAMES
 from dynalora.core.layer import base_shape
 from dynalora.fusion.adapters import AdapterSpec, FusionError, check_compatible

@@ -31,10 +31,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dynalora import __version__
-from dynalora.core.atomic import atomic_dir, write_json
+from dynalora.atomic import atomic_dir, write_json
 from dynalora.core.outdir import OutLock, check_out_path, check_replaceable, is_empty_dir, write_marker
 from dynalora.core.data import Example, TaskData
-from dynalora.core.errors import CheckpointError, DynaloraError
+from dynalora.errors import CheckpointError, DynaloraError
 from dynalora.core.models import load_saved_tokenizer
 from dynalora.core.run_io import _read_json
 from dynalora.fusion.adapters import AdapterSpec, FusionError, check_compatible, read_adapter

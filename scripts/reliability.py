@@ -83,7 +83,7 @@ print(f"attempt {attempt} rank {rank} ok", flush=True)
 # ---- assets -----------------------------------------------------------------------------------
 def make_assets(root: Path) -> dict[str, Path]:
     sys.path.insert(0, str(REPO / "tests"))
-    from tiny_models import save_recovery_assets  # the same model and data as tests/test_distributed.py
+    from tiny_models import save_recovery_assets  # the same model and data as tests/distributed/test_distributed.py
 
     assets = save_recovery_assets(root)
     (root / "bare_job.py").write_text(BARE_JOB)
@@ -98,7 +98,9 @@ def train_args(assets: dict[str, Path], out: Path) -> list[str]:
 
 def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DYNALORA_FAULT", "RAY_ADDRESS", "TORCHELASTIC"))}
-    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", DYNALORA_DIST_TIMEOUT_S="60")
+    # LOGLEVEL=INFO: torchrun logs each restart ("k/N attempts left") at INFO only
+    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", DYNALORA_DIST_TIMEOUT_S="60",
+               LOGLEVEL="INFO")
     env.update(extra)
     return env
 
@@ -163,7 +165,7 @@ def one_run(name: str, i: int, assets: dict[str, Path], baseline: Path, bound: f
         ok = rc == 0 and so.count(" ok") == 2
         reason = None if ok else ("hang" if rc is None else _last_error(se))
         rec = {"scenario": name, "run": i, "passed": ok, "hang": rc is None, "seconds": secs, "rc": rc, "reason": reason,
-               "restarts": se.count("attempts left")}
+               "restarts": se.count("attempts left"), "restarts_logged": True}
         if not ok:
             rec["stderr_tail"] = se[-4000:]
         return rec
@@ -190,10 +192,11 @@ def one_run(name: str, i: int, assets: dict[str, Path], baseline: Path, bound: f
                 reason = "no one-line notice of the fallback to step 10"
     faults = se.count("dynalora: fault injection")
     stalls = se.count("did not finish within")
-    # torchrun's agent logs "Worker group FAILED. k/N attempts left" once per restart it makes
+    # torchrun's agent logs "Worker group FAILED. k/N attempts left" (at INFO) once per restart it makes
     restarts = se.count("attempts left") if kind == "torchrun" else None
     rec = {"scenario": name, "run": i, "passed": reason is None, "hang": rc is None, "seconds": secs, "rc": rc,
-           "reason": reason, "faults": faults, "restarts": restarts, "watchdog_expiries": stalls}
+           "reason": reason, "faults": faults, "restarts": restarts, "restarts_logged": restarts is not None,
+           "watchdog_expiries": stalls}
     if reason is not None:  # keep what the failed job said, for the report's reader
         rec["stderr_tail"] = se[-4000:]
         rec["stdout_tail"] = so[-2000:]
@@ -251,7 +254,7 @@ def environment(load: int) -> dict[str, Any]:
 
 
 def write_report(records: list[dict[str, Any]], env: dict[str, Any], bound: float) -> None:
-    from dynalora.core.atomic import write_json, write_text
+    from dynalora.atomic import write_json, write_text
 
     rows = []
     summary: dict[str, Any] = {}
@@ -263,7 +266,8 @@ def write_report(records: list[dict[str, Any]], env: dict[str, Any], bound: floa
         s = {"runs": len(recs), "passed": sum(r["passed"] for r in recs), "failed": sum(not r["passed"] and not r["hang"] for r in recs),
              "hangs": sum(r["hang"] for r in recs), "median_s": statistics.median(secs), "max_s": max(secs),
              "watchdog_expiries": sum(r.get("watchdog_expiries", 0) for r in recs),
-             "max_restarts_used": max((r["restarts"] for r in recs if r.get("restarts") is not None), default=None),
+             # runs recorded before LOGLEVEL=INFO was set could not see torchrun's restart lines
+             "max_restarts_used": max((r["restarts"] for r in recs if r.get("restarts_logged")), default=None),
              "reasons": sorted({r["reason"] for r in recs if r["reason"]})}
         summary[name] = s
         used = "-" if s["max_restarts_used"] is None else str(s["max_restarts_used"])

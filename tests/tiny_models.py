@@ -124,7 +124,7 @@ def save_tiny_model(arch: str, path: str | Path, num_labels: int = 2, problem: s
 
 def save_recovery_assets(root: str | Path) -> dict[str, Path]:
     """What the distributed runs train: a dropout-free tiny BERT (so runs are comparable) and a
-    seeded 320-row sentiment-like CSV. Shared by tests/test_distributed.py and scripts/reliability.py."""
+    seeded 320-row sentiment-like CSV. Shared by tests/distributed/test_distributed.py and scripts/reliability.py."""
     import csv
     import json
     import random

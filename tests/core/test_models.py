@@ -1,6 +1,6 @@
 """Tests for dynalora.core.models and the tiny test models.
 
-Run: .venv/bin/python -m pytest tests/test_models.py -q
+Run: .venv/bin/python -m pytest tests/core/test_models.py -q
 The real built-in models (minilm, smollm2-135m) load only in tests marked slow: pytest -m slow
 """
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from dynalora.core.errors import CheckpointError, ConfigError, ModelError
+from dynalora.errors import CheckpointError, ConfigError, ModelError
 from dynalora.core.models import (
     BUILTIN_MODELS,
     ensure_pad_token,

@@ -1,6 +1,6 @@
 """Tests of DLP-style fusion (fusion/: adapters, model, router, train, evaluate, cli; export/fused.py).
 
-    pytest tests/test_fusion.py          # CPU, tiny random-init bert / llama runs of 12 steps (~1 min on 2 cores)
+    pytest tests/fusion/test_fusion.py          # CPU, tiny random-init bert / llama runs of 12 steps (~1 min on 2 cores)
 
 Runs are trained once per module and shared; every fusion / export goes to its own tmp folder.
 """
@@ -138,7 +138,7 @@ def test_top_p_properties() -> None:
 
 @pytest.mark.parametrize("p", [0.0, -0.1, 1.5, float("nan")])
 def test_bad_p_refused(p: float) -> None:
-    from dynalora.core.errors import ConfigError
+    from dynalora.errors import ConfigError
     from dynalora.fusion.config import check_p
 
     with pytest.raises(ConfigError, match="top-p must be in"):

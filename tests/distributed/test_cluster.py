@@ -1,6 +1,6 @@
 """`dynalora cluster up|down` stops only the cluster it started, never every Ray cluster of the user.
 
-    .venv/bin/python -m pytest tests/test_cluster.py -q                  (the Ray test: -m distributed)
+    .venv/bin/python -m pytest tests/distributed/test_cluster.py -q                  (the Ray test: -m distributed)
 
 The fast tests fake a cluster with sleeping processes whose command lines name a session folder;
 the Ray test starts two real loopback clusters in a private Ray temp folder (RAY_TMPDIR), so neither
@@ -35,7 +35,7 @@ from dynalora.distributed.cluster import (
     stop_processes,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

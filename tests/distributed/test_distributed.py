@@ -1,6 +1,6 @@
 """Distributed training: torchrun and Ray Train run the same loop as one process.
 
-Run: .venv/bin/python -m pytest tests/test_distributed.py -q        (or: pytest -m distributed)
+Run: .venv/bin/python -m pytest tests/distributed/test_distributed.py -q        (or: pytest -m distributed)
 
 Every test uses a tiny BERT (hidden 32, dropout 0 so runs are comparable) saved to a temp folder,
 a synthetic CSV, 40 steps of batch 8 and one thread per worker. Subprocesses have timeouts, and
@@ -34,9 +34,8 @@ from dynalora.distributed.faults import fault_hook
 from dynalora.distributed.recovery import trim_logs
 from tiny_models import save_recovery_assets, save_tiny_model
 
-pytestmark = pytest.mark.distributed
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 ATOL = 1e-5
 TIMEOUT = 300
@@ -128,6 +127,7 @@ def torchrun(assets: dict[str, Path], out: Path, *extra: str, restarts: int = 0,
     return run(cmd, cwd=REPO, env=env(**env_extra))
 
 
+@pytest.mark.distributed
 def test_torchrun_matches_single_process(assets: dict[str, Path], baseline: Path) -> None:
     out = assets["root"] / "torchrun"
     proc = torchrun(assets, out)
@@ -139,9 +139,10 @@ def test_torchrun_matches_single_process(assets: dict[str, Path], baseline: Path
     assert info["backend"] == "torchrun" and info["allreduce_calls"] == len(allocations(out)) - 1 + checkpoints
 
 
+@pytest.mark.distributed
 def test_torchrun_multiple_choice_matches_single_process(assets: dict[str, Path]) -> None:
     """The option scorer (core/choice.py) is what DDP wraps for multiple choice: same adapter as one process."""
-    from test_choice import WORDS, write_choice_file
+    from tiny_data import WORDS, write_choice_file
 
     root = assets["root"] / "mc"
     root.mkdir()
@@ -160,6 +161,7 @@ def test_torchrun_multiple_choice_matches_single_process(assets: dict[str, Path]
     assert_same_run(single, out, world=2)
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("kind, step, expected", [
     ("exit", "25", "rank 1 exits after step 25"),
     ("sigkill", "25", "rank 1 killed (SIGKILL) after step 25"),
@@ -182,6 +184,7 @@ def test_torchrun_recovers_from_worker_crash(kind: str, step: str, expected: str
     assert_same_run(baseline, out, world=2)
 
 
+@pytest.mark.distributed
 def test_torchrun_first_attempt_refuses_existing_out(assets: dict[str, Path]) -> None:
     out = assets["root"] / "occupied"
     out.mkdir()
@@ -289,6 +292,7 @@ def dynalora(*args: str, timeout: int = 120, **env_extra: str) -> subprocess.Com
 
 
 # ---- Ray: cluster up, job submission, recovery, resources; one cluster for all -------------------
+@pytest.mark.distributed
 def test_ray_cluster_job_submit_and_recovery(assets: dict[str, Path], baseline: Path) -> None:
     port, dash = free_port(), free_port()
     url = f"http://127.0.0.1:{dash}"
@@ -331,7 +335,7 @@ def test_ray_cluster_job_submit_and_recovery(assets: dict[str, Path], baseline: 
 
 
 def test_bad_collective_timeout_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dynalora.core.errors import ConfigError
+    from dynalora.errors import ConfigError
     from dynalora.distributed.collective import init_process_group
 
     for raw in ("soon", "0"):

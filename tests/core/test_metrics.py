@@ -1,6 +1,6 @@
 """Tests for dynalora.core.metrics against scikit-learn and scipy on random data.
 
-Run: .venv/bin/python -m pytest tests/test_metrics.py -q
+Run: .venv/bin/python -m pytest tests/core/test_metrics.py -q
 """
 
 from __future__ import annotations

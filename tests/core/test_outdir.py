@@ -1,6 +1,6 @@
 """--overwrite cannot destroy what dynalora did not write; one writer per run; resume is explicit.
 
-Run: .venv/bin/python -m pytest tests/test_outdir.py -q
+Run: .venv/bin/python -m pytest tests/core/test_outdir.py -q
 
 Single-process runs of a tiny BERT (4 steps) through the CLI (`main`), as a user runs them.
 """
@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from dynalora.cli import main
 from dynalora.core.config import TrainConfig
-from dynalora.core.errors import ConfigError
+from dynalora.errors import ConfigError
 from dynalora.core.outdir import MARKER, OutLock, check_replaceable, lock_path, read_marker, staging_path
 from dynalora.core.train import TrainHooks, train
 

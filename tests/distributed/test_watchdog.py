@@ -1,6 +1,6 @@
 """Every distributed stage is bounded: a stage that outlives its deadline ends the worker with one line.
 
-Run: .venv/bin/python -m pytest tests/test_watchdog.py -q
+Run: .venv/bin/python -m pytest tests/distributed/test_watchdog.py -q
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from dynalora.core.errors import ConfigError
+from dynalora.errors import ConfigError
 from dynalora.distributed.watchdog import EXIT_STALLED, Watchdog, dist_timeout_s
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _collect() -> tuple[list[str], Watchdog]:

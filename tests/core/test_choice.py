@@ -1,6 +1,6 @@
 """Multiple choice scored by a causal LM's option log-likelihood (core/choice.py, core/bigbench.py).
 
-Run: .venv/bin/python -m pytest tests/test_choice.py -q
+Run: .venv/bin/python -m pytest tests/core/test_choice.py -q
 """
 
 from __future__ import annotations
@@ -16,23 +16,10 @@ from transformers import AutoModelForCausalLM
 
 from dynalora.core.choice import MISSING, ChoiceScorer, encode_choices, prompt_text
 from dynalora.core.data import MULTIPLE_CHOICE, Example, TaskSpec, for_objective, load_task
-from dynalora.core.errors import ConfigError, DataError
+from dynalora.errors import ConfigError, DataError
 from dynalora.core.models import load_tokenizer
 
-WORDS = "good bad great poor fine sad happy love hate best worst".split()
-COLORS = "red blue green yellow black white".split()
-
-
-def write_choice_file(path: Path, options: list[str], n: int, seed: int, prefix: str) -> Path:
-    """A learnable multiple-choice task: the right option is named in the question."""
-    rng = random.Random(seed)
-    with open(path, "w", encoding="utf-8") as fh:
-        for i in range(n):
-            ch = rng.sample(options, 2 + i % 3)
-            label = rng.randrange(len(ch))
-            answer = ch[label] if i % 2 else label  # the label as the option's text or as its index
-            fh.write(json.dumps({"text": f"{prefix} {ch[label]} number {i}", "choices": ch, "label": answer}) + "\n")
-    return path
+from tiny_data import COLORS, WORDS, write_choice_file
 
 
 @pytest.fixture(scope="module")

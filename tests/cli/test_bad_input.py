@@ -8,7 +8,7 @@ import pytest
 
 from dynalora import load_run
 from dynalora.cli import main
-from dynalora.core.errors import CheckpointError
+from dynalora.errors import CheckpointError
 
 
 def _run(capsys, args: list[str]) -> str:
@@ -195,7 +195,7 @@ def test_folder_given_as_train_file(tiny_dirs, tmp_path, capsys) -> None:
 
 def test_glue_and_bigbench_files_not_utf8(tmp_path) -> None:
     from dynalora.core.data import load_task
-    from dynalora.core.errors import DataError
+    from dynalora.errors import DataError
 
     sst = tmp_path / "SST-2"
     sst.mkdir()
@@ -276,7 +276,7 @@ def test_missing_model_path_is_not_a_hub_id(name, csv_data, tmp_path, capsys, mo
 
 def test_hub_ids_stay_hub_ids(tmp_path, monkeypatch) -> None:
     from dynalora.core.models import load_tokenizer, looks_like_path, resolve_model_path
-    from dynalora.core.errors import ModelError
+    from dynalora.errors import ModelError
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "assets").mkdir()
@@ -353,7 +353,7 @@ def test_bench_output_paths(tmp_path, capsys) -> None:
 # ---- fuse: flags named in the error -------------------------------------------------------------
 @pytest.mark.parametrize("flag", ["--router-epochs", "--router-hidden", "--router-per-task"])
 def test_fuse_router_flags_named(flag, tmp_path) -> None:
-    from dynalora.core.errors import ConfigError
+    from dynalora.errors import ConfigError
     from dynalora.fusion import RouterConfig
 
     name = {"--router-epochs": "epochs", "--router-hidden": "hidden", "--router-per-task": "per_task"}[flag]

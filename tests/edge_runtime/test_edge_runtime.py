@@ -1,7 +1,7 @@
 """dynalora.edge_runtime: manifest checksums, providers, Predictor, native LoRA adapters, bench.
 
-    .venv/bin/python -m pytest tests/test_edge_runtime.py -q            # CPU, ~1 min on 2 cores
-    .venv/bin/python -m pytest tests/test_edge_runtime.py -m gpu        # CUDA EP (onnxruntime-gpu + a GPU)
+    .venv/bin/python -m pytest tests/edge_runtime/test_edge_runtime.py -q            # CPU, ~1 min on 2 cores
+    .venv/bin/python -m pytest tests/edge_runtime/test_edge_runtime.py -m gpu        # CUDA EP (onnxruntime-gpu + a GPU)
 
 The export folders are built here, not by dynalora.export: tiny random-init models (tests/tiny_models.py)
 saved with save_pretrained, exported by optimum's `main_export` (BERT: text-classification, Llama:
@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tiny_models import save_tiny_model, tiny_config, tiny_tokenizer_dir
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertTokenizerFast, LlamaForCausalLM
 
-from dynalora.core.errors import DynaloraError
+from dynalora.errors import DynaloraError
 from dynalora.edge_runtime import load
 from dynalora.edge_runtime.bench import add_bench_arguments, bench_main, markdown_table, parse_int_list, run_bench
 from dynalora.edge_runtime.manifest import (
@@ -458,3 +458,18 @@ def test_cuda_predict_matches_cpu(bert_export: Path) -> None:
     assert gpu.providers[0] == "CUDAExecutionProvider"
     cpu = load(bert_export, provider="cpu")
     np.testing.assert_allclose(gpu.predict(TEXTS)["logits"], cpu.predict(TEXTS)["logits"], atol=1e-3)
+
+
+def test_edge_runtime_imports_no_other_layer() -> None:
+    """A device installs the runtime alone: importing every edge_runtime module pulls in no torch and
+    none of core / fusion / export / distributed (only the shared dynalora.errors / dynalora.atomic)."""
+    import pkgutil
+
+    import dynalora.edge_runtime as pkg
+
+    modules = [f"dynalora.edge_runtime.{m.name}" for m in pkgutil.iter_modules(pkg.__path__)]
+    code = (f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\n"
+            "bad = sorted(m for m in sys.modules if m in ('torch', 'transformers') or "
+            "m.startswith(('dynalora.core', 'dynalora.fusion', 'dynalora.export', 'dynalora.distributed')))\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
