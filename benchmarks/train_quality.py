@@ -257,6 +257,58 @@ def summarize(runs: list[dict[str, Any]], key: str) -> tuple[float, float]:
     return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
+def accuracy_phase(task: str, args: argparse.Namespace, methods: list[str], seeds: list[int], model_path: str,
+                   report: dict[str, Any], out_dir: Path, t_start: float) -> None:
+    """One task: the LR sweep on a validation slice of the training split, then every method x seed on the
+    held-out evaluation split; the report is written after every run (a cut-short benchmark keeps them)."""
+    full = load_data(TrainConfig(task=task, out="-", seed=0))
+    train_part, val_part = split_validation(full, args.val)
+    entry: dict[str, Any] = {"data": full.source, "n_train_used": len(train_part.train), "n_eval": len(full.eval),
+                             "n_val": args.val, "sweep": [], "runs": []}
+    best_lr = {}
+    swept = [m for m in methods if m in args.sweep_methods.split(",")]
+    if args.fixed_lrs:
+        best_lr = {kv.split("=")[0]: float(kv.split("=")[1]) for kv in args.fixed_lrs.split(",")}
+        if args.sweep_record:
+            entry["sweep"] = json.loads(Path(args.sweep_record).read_text()).get(task, [])
+        swept = []
+    for m in swept:
+        lrs = [float(x) for x in (args.adalora_lrs if m == "peft-adalora" else args.lrs).split(",")]
+        scored = []
+        for lr in lrs:
+            r = run_one(m, model_path, train_part, args.steps, args.batch, lr, 0, args.max_length, val_part)
+            entry["sweep"].append(r)
+            scored.append((r["metrics"]["accuracy"], -lr, lr))
+            print(f"[{time.time() - t_start:7.0f}s] sweep {task} {m} lr={lr:g} val acc={r['metrics']['accuracy']:.4f}", flush=True)
+        best_lr[m] = max(scored)[2]
+    for m in methods:
+        best_lr.setdefault(m, best_lr.get("dynamic", float(args.lrs.split(",")[0])))
+    entry["best_lr"] = best_lr
+    entry["swept"] = swept
+    report["tasks"][task] = entry
+    for s in seeds:  # seed-major, written after every run: a cut-short benchmark keeps what it measured
+        for m in methods:
+            r = run_one(m, model_path, train_part, args.steps, args.batch, best_lr[m], s, args.max_length, full)
+            entry["runs"].append(r)
+            write_json(out_dir / "train_quality.json", report)
+            print(f"[{time.time() - t_start:7.0f}s] {task} {m} seed={s} acc={r['metrics']['accuracy']:.4f} f1={r['metrics']['f1']:.4f}", flush=True)
+    write_json(out_dir / "train_quality.json", report)
+    write_text(out_dir / "train_quality.md", render(report))
+
+
+def timing_report(args: argparse.Namespace, methods: list[str], model_path: str, report: dict[str, Any]) -> None:
+    """Interleaved step timing of every method (and the frozen body alone) on the same fixed batches."""
+    first = load_data(TrainConfig(task=args.tasks.split(",")[0], out="-", seed=0))
+    tmethods = [m for m in ("static", "dynamic", "per-example", "peft-lora", "peft-adalora") if m in methods]
+    samples = timing_phase(tmethods, model_path, first, args.batch, args.max_length, args.timing_rounds, args.timing_steps)
+    floor = body_only_times(model_path, first, args.batch, args.max_length, args.timing_rounds * args.timing_steps)
+    med = {m: statistics.median(v) for m, v in samples.items()}
+    med["body-only"] = statistics.median(floor)
+    report["timing"] = {"raw_s": samples | {"body-only": floor}, "median_s": med,
+                        "note": "interleaved rounds, same fixed batches, batch=%d seq<=%d, %d threads" % (args.batch, args.max_length, args.threads)}
+    report["peak_rss_mb"] = _peak_rss_mb()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default="rotten_tomatoes,bbc_news")
@@ -307,51 +359,11 @@ def main() -> int:
         return 0
     t_start = time.time()
     for task in (args.tasks.split(",") if args.phase not in ("timing", "memory") else []):
-        full = load_data(TrainConfig(task=task, out="-", seed=0))
-        train_part, val_part = split_validation(full, args.val)
-        entry: dict[str, Any] = {"data": full.source, "n_train_used": len(train_part.train), "n_eval": len(full.eval),
-                                 "n_val": args.val, "sweep": [], "runs": []}
-        best_lr = {}
-        swept = [m for m in methods if m in args.sweep_methods.split(",")]
-        if args.fixed_lrs:
-            best_lr = {kv.split("=")[0]: float(kv.split("=")[1]) for kv in args.fixed_lrs.split(",")}
-            if args.sweep_record:
-                entry["sweep"] = json.loads(Path(args.sweep_record).read_text()).get(task, [])
-            swept = []
-        for m in swept:
-            lrs = [float(x) for x in (args.adalora_lrs if m == "peft-adalora" else args.lrs).split(",")]
-            scored = []
-            for lr in lrs:
-                r = run_one(m, model_path, train_part, args.steps, args.batch, lr, 0, args.max_length, val_part)
-                entry["sweep"].append(r)
-                scored.append((r["metrics"]["accuracy"], -lr, lr))
-                print(f"[{time.time() - t_start:7.0f}s] sweep {task} {m} lr={lr:g} val acc={r['metrics']['accuracy']:.4f}", flush=True)
-            best_lr[m] = max(scored)[2]
-        for m in methods:
-            best_lr.setdefault(m, best_lr.get("dynamic", float(args.lrs.split(",")[0])))
-        entry["best_lr"] = best_lr
-        entry["swept"] = swept
-        report["tasks"][task] = entry
-        for s in seeds:  # seed-major, written after every run: a cut-short benchmark keeps what it measured
-            for m in methods:
-                r = run_one(m, model_path, train_part, args.steps, args.batch, best_lr[m], s, args.max_length, full)
-                entry["runs"].append(r)
-                write_json(out_dir / "train_quality.json", report)
-                print(f"[{time.time() - t_start:7.0f}s] {task} {m} seed={s} acc={r['metrics']['accuracy']:.4f} f1={r['metrics']['f1']:.4f}", flush=True)
-        write_json(out_dir / "train_quality.json", report)
-        write_text(out_dir / "train_quality.md", render(report))
+        accuracy_phase(task, args, methods, seeds, model_path, report, out_dir, t_start)
     if args.phase == "accuracy":
         write_text(out_dir / "train_quality.md", render(report))
         return 0
-    first = load_data(TrainConfig(task=args.tasks.split(",")[0], out="-", seed=0))
-    tmethods = [m for m in ("static", "dynamic", "per-example", "peft-lora", "peft-adalora") if m in methods]
-    samples = timing_phase(tmethods, model_path, first, args.batch, args.max_length, args.timing_rounds, args.timing_steps)
-    floor = body_only_times(model_path, first, args.batch, args.max_length, args.timing_rounds * args.timing_steps)
-    med = {m: statistics.median(v) for m, v in samples.items()}
-    med["body-only"] = statistics.median(floor)
-    report["timing"] = {"raw_s": samples | {"body-only": floor}, "median_s": med,
-                        "note": "interleaved rounds, same fixed batches, batch=%d seq<=%d, %d threads" % (args.batch, args.max_length, args.threads)}
-    report["peak_rss_mb"] = _peak_rss_mb()
+    timing_report(args, methods, model_path, report)
     write_json(out_dir / "train_quality.json", report)
     write_text(out_dir / "train_quality.md", render(report))
     print(render(report))
