@@ -17,8 +17,9 @@ def register(sub: Any) -> None:
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for the cluster to accept jobs")
     up.set_defaults(func=_cmd_up)
     down = actions.add_parser(
-        "down", help="stop the Ray cluster(s) `cluster up` started (recorded in Ray's temp folder); others are left alone")
-    down.add_argument("--port", type=int, default=None, help="GCS port of the one recorded cluster to stop (default: all recorded)")
+        "down", help="stop the Ray cluster `cluster up` started (recorded in Ray's temp folder); others are left alone")
+    down.add_argument("--port", type=int, default=None,
+                      help="GCS port of the recorded cluster to stop (needed when `cluster up` started several)")
     down.add_argument("--grace", type=float, default=10.0, help="seconds to wait after SIGTERM before SIGKILL (default 10)")
     down.set_defaults(func=_cmd_down)
 
@@ -30,7 +31,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     print(f"Ray cluster is up.\n  dashboard / jobs: {info.dashboard_url}\n  GCS address:      {info.gcs_address}")
     print("  submit:  export RAY_AUTH_MODE=token   # Ray clients send the token in ~/.ray/auth_token only then")
     print(f"           ray job submit --address {info.dashboard_url} --working-dir . -- python -m dynalora train --backend ray ...")
-    print(f"  stop:    dynalora cluster down --port {args.port}   (without --port: every cluster `cluster up` started)")
+    print(f"  stop:    dynalora cluster down --port {args.port}   (--port may be left out while it is the only one)")
     return 0
 
 

@@ -360,6 +360,13 @@ def down(port: int | None = None, grace_s: float = STOP_GRACE_S) -> list[str]:
     with _state_lock():
         records = read_records()
         chosen = [r for r in records if port is None or r.port == port]
+        if port is None and len(chosen) > 1:
+            # several `cluster up`s (another terminal, a test, a demo): stopping all of them would stop
+            # clusters this caller did not start; make the caller say which one
+            raise ClusterError(
+                f"{len(chosen)} Ray clusters were started by `dynalora cluster up` "
+                f"({', '.join(r.gcs_address for r in chosen)}): pass --port to say which one to stop"
+            )
         if not chosen:
             where = f" on port {port}" if port is not None else ""
             known = f" (recorded: {', '.join(r.gcs_address for r in records)})" if records else ""

@@ -15,19 +15,20 @@ BIN="$PWD/.venv/bin"
 export PATH="$BIN:$PATH" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 OUT="$(realpath -m "${DEMO_OUT:-demo_out}")"
 STEPS="${DEMO_STEPS:-200}"
+GCS_PORT="${DEMO_RAY_PORT:-6379}"
 mkdir -p "$OUT"
 
 cluster_started=0
 cleanup() {
   if [ "$cluster_started" = 1 ]; then
     echo "== stopping the Ray cluster =="
-    dynalora cluster down || true
+    dynalora cluster down --port "$GCS_PORT" || true
   fi
 }
 trap cleanup EXIT
 
 echo "== 1/5 starting a loopback Ray cluster =="
-dynalora cluster up --num-cpus 2
+dynalora cluster up --num-cpus 2 --port "$GCS_PORT"
 cluster_started=1
 export RAY_AUTH_MODE=token   # ray job submit sends the cluster's token only in token mode
 
@@ -49,7 +50,7 @@ done
 
 if [ "${DEMO_FUSION:-1}" = 1 ]; then
   echo "== 5/5 fusion: a BBC-news adapter, a router over both tasks, one fused ONNX graph =="
-  dynalora cluster down && cluster_started=0   # the rest runs in this process; free the cores
+  dynalora cluster down --port "$GCS_PORT" && cluster_started=0   # the rest runs in this process; free the cores
   dynalora train --model minilm --task bbc_news --out "$OUT/run-bbc" --overwrite \
     --steps "${DEMO_FUSION_STEPS:-80}" --batch-size 16 --lr 2e-3 --rank 8 --max-length 64 --no-progress
   dynalora fuse train --runs "$OUT/run" "$OUT/run-bbc" --out "$OUT/fuse" --overwrite

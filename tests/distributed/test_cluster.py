@@ -176,3 +176,23 @@ def test_up_refuses_bad_ports_before_starting(ray_tmp: Path, capsys: pytest.Capt
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err
     assert not state_file().exists()
+
+
+def test_down_without_port_refuses_when_several_are_recorded(ray_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two `cluster up`s (say a demo and a test): a bare `down` must not stop both; it names them instead."""
+    a = _sleeper(f"--session-dir={ray_tmp}/ray/session_a")
+    b = _sleeper(f"--session-dir={ray_tmp}/ray/session_b")
+    try:
+        _write_records([ClusterRecord(gcs_address="127.0.0.1:3", port=3, session_dir=f"{ray_tmp}/ray/session_a", pids=[a.pid]),
+                        ClusterRecord(gcs_address="127.0.0.1:4", port=4, session_dir=f"{ray_tmp}/ray/session_b", pids=[b.pid])])
+        assert main(["cluster", "down"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "2 Ray clusters" in err[0] and "127.0.0.1:3" in err[0] and "--port" in err[0]
+        assert a.poll() is None and b.poll() is None and len(read_records()) == 2
+        assert main(["cluster", "down", "--port", "3", "--grace", "5"]) == 0
+        assert a.wait(timeout=10) is not None and b.poll() is None
+        assert [r.port for r in read_records()] == [4]
+    finally:
+        for proc in (a, b):
+            proc.kill()
+            proc.wait()

@@ -330,7 +330,7 @@ def test_ray_cluster_job_submit_and_recovery(assets: dict[str, Path], baseline: 
         assert proc.returncode == 2 and "--workers 3 needs 3 CPUs" in proc.stderr and "has 2" in proc.stderr
         assert not out.exists()
     finally:
-        down = dynalora("cluster", "down", timeout=120)
+        down = dynalora("cluster", "down", "--port", str(port), timeout=120)
         assert down.returncode == 0, down.stderr[-2000:]
 
 
