@@ -253,7 +253,7 @@ def environment(load: int) -> dict[str, Any]:
             "ray": ray.__version__, "background_load_processes": load, "loadavg_at_report": os.getloadavg()}
 
 
-def write_report(records: list[dict[str, Any]], env: dict[str, Any], bound: float) -> None:
+def write_report(records: list[dict[str, Any]], env: dict[str, Any], bound: float, notes: list[str] | None = None) -> None:
     from dynalora.atomic import write_json, write_text
 
     rows = []
@@ -273,7 +273,9 @@ def write_report(records: list[dict[str, Any]], env: dict[str, Any], bound: floa
         used = "-" if s["max_restarts_used"] is None else str(s["max_restarts_used"])
         rows.append(f"| {name} | {s['runs']} | {s['passed']} | {s['failed']} | {s['hangs']} | {s['median_s']:.1f} | {s['max_s']:.1f} | "
                     f"{used} | {s['watchdog_expiries']} | {'; '.join(s['reasons'])[:300] or '-'} |")
-    write_json(RESULTS.with_suffix(".json"), {"environment": env, "bound_s": bound, "summary": summary, "runs": records})
+    notes = notes or []
+    write_json(RESULTS.with_suffix(".json"), {"environment": env, "bound_s": bound, "summary": summary, "notes": notes,
+                                               "runs": records})
     md = [
         "# Recovery under load",
         "",
@@ -305,6 +307,8 @@ def write_report(records: list[dict[str, Any]], env: dict[str, Any], bound: floa
         "",
         "## Results",
         "",
+        *[f"- {n}" for n in notes],
+        *([""] if notes else []),
         "| scenario | runs | passed | failed | hangs | median s | max s | most restarts used | watchdog expiries | failure reasons |",
         "|---|---|---|---|---|---|---|---|---|---|",
         *rows,
@@ -320,6 +324,7 @@ def main() -> int:
     p.add_argument("--load", type=int, default=2, help="busy-loop processes running during every run")
     p.add_argument("--bound", type=float, default=300.0, help="seconds after which a run counts as a hang")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--note", default=None, help="a paragraph on how this batch of runs was made, kept in the report")
     args = p.parse_args()
     names = [n for n in args.scenarios.split(",") if n]
     unknown = [n for n in names if n not in SCENARIOS]
@@ -328,8 +333,13 @@ def main() -> int:
     log = RESULTS.with_suffix(".jsonl")
     log.parent.mkdir(parents=True, exist_ok=True)
     records = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
+    notes_file = RESULTS.with_suffix(".notes")
+    notes = notes_file.read_text().splitlines() if notes_file.is_file() else []
+    if args.note and args.note not in notes:
+        notes.append(args.note)
+        notes_file.write_text("\n".join(notes) + "\n")
     if args.report_only:
-        write_report(records, environment(args.load), args.bound)
+        write_report(records, environment(args.load), args.bound, notes)
         return 0
     done = {(r["scenario"], r["run"]) for r in records}
     with tempfile.TemporaryDirectory(prefix="dynalora-reliability-") as tmp:
@@ -357,7 +367,7 @@ def main() -> int:
                         fh.write(json.dumps(rec) + "\n")
                     print(f"{name} #{i}: {'pass' if rec['passed'] else 'FAIL'} {rec['seconds']:.1f} s"
                           + (f" ({rec['reason']})" if rec["reason"] else ""), flush=True)
-                    write_report(records, environment(args.load), args.bound)
+                    write_report(records, environment(args.load), args.bound, notes)
     return 0
 
 
