@@ -129,7 +129,6 @@ def run_bounded(cmd: list[str], bound: float, env: dict[str, str], cwd: Path = R
 # ---- checks -----------------------------------------------------------------------------------
 def same_run(ref: Path, got: Path) -> str | None:
     """None when `got` is the same run as `ref` (allocations and adapter), else what differs."""
-    import torch
     from safetensors.torch import load_file
 
     def allocs(p: Path) -> list[dict[str, Any]]:
