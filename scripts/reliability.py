@@ -77,6 +77,7 @@ t = torch.ones(1)
 dist.all_reduce(t)
 assert t.item() == 2.0
 print(f"attempt {attempt} rank {rank} ok", flush=True)
+dist.destroy_process_group()  # as dynalora's workers do; without it gloo may abort at interpreter exit
 '''
 
 
