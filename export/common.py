@@ -225,7 +225,8 @@ class _DropTorchvisionNotice(logging.Filter):
 def quiet_onnx_export() -> Iterator[None]:
     """Around an ONNX export call only: drop the tracer's TracerWarnings (Hugging Face models branch on shapes;
     every export is verified against PyTorch afterwards, which is what would catch a trace that does not
-    generalise) and torch.onnx's torchvision-registration lines. Every other warning still shows."""
+    generalise), torch.export's LeafSpec deprecation note and torch.onnx's torchvision-registration lines.
+    Every other warning still shows."""
     import torch
 
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
@@ -234,6 +235,8 @@ def quiet_onnx_export() -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            # torch.export's own pytree code trips torch's deprecation of LeafSpec checks (not ours to fix)
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
             yield
     finally:
         registration.removeFilter(notice)

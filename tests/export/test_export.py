@@ -298,13 +298,15 @@ def test_quiet_onnx_export_drops_only_tracer_and_torchvision_noise(log_messages)
             with quiet_onnx_export():
                 warnings.warn("Converting a tensor to a Python boolean", torch.jit.TracerWarning)
                 warnings.warn("a real problem", UserWarning)
+                warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)`", FutureWarning)
+                warnings.warn("some other future change", FutureWarning)
                 logger.warning("torchvision is not installed. Skipping %s", "torchvision::nms")
                 logger.warning("Failed to infer the signature for function %s", "f")
             warnings.warn("after the export", torch.jit.TracerWarning)
             logger.warning("torchvision is not installed. Skipping %s", "torchvision::roi_align")
     finally:
         logger.setLevel(level)
-    assert [str(w.message) for w in caught] == ["a real problem", "after the export"]
+    assert [str(w.message) for w in caught] == ["a real problem", "some other future change", "after the export"]
     assert seen == ["Failed to infer the signature for function f",
                              "torchvision is not installed. Skipping torchvision::roi_align"]
 
