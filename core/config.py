@@ -106,6 +106,11 @@ class DynamicConfig:
     )
     example_gamma: float = field(default=1.0, metadata={"help": "per-example rank = rank * (v / v_ref)^gamma"})
     example_min_frac: float = field(default=0.25, metadata={"help": "per-example rank floor, fraction of rank"})
+    budget_start: float = field(
+        default=1.0,
+        metadata={"help": "live rank budget at the start, x the target; > 1 prunes down to the target by the last "
+                          "reallocation (cubic, as AdaLoRA; layers then only shrink)"},
+    )
 
     @property
     def uses_input_stats(self) -> bool:
@@ -142,6 +147,11 @@ class DynamicConfig:
             raise ConfigError(f"--example-gamma must be >= 0, got {self.example_gamma}")
         if not 0.0 < self.example_min_frac <= 1.0:
             raise ConfigError(f"--example-min-frac must be in (0, 1], got {self.example_min_frac}")
+        if self.budget_start < 1.0:
+            raise ConfigError(f"--budget-start must be >= 1 (a multiple of the target budget), got {self.budget_start}")
+        if self.budget_start > 1.0 and not self.reallocate:
+            raise ConfigError("--budget-start > 1 needs reallocation (it prunes the extra rank away); "
+                              "drop --no-reallocate or set --budget-start 1")
 
 
 @dataclass

@@ -77,12 +77,16 @@ class RankController:
         self.context = context
         self.cfg = dynamic
         self.seed = seed
-        self.budget = lora.rank * len(self.layers)
+        self.budget = lora.rank * len(self.layers)  # the target live budget (reached by the last reallocation)
         self.min_rank = lora.min_rank
         self.max_rank = lora.resolved_max_rank(not dynamic.is_static)
         # a layer's rank never exceeds its capacity nor its width min(in_features, out_features)
         self.caps = [min(l.capacity, l.width) for l in self.layers]
         self.schedule = RankSchedule.from_config(dynamic, total_steps)
+        self.start_budget = self.budget
+        if dynamic.reallocate and dynamic.budget_start > 1.0:
+            room = sum(min(self.max_rank, c) for c in self.caps)
+            self.start_budget = min(round(dynamic.budget_start * self.budget), room)
         self.per_example = dynamic.input_adaptive == "per-example"
         self.input_weight = dynamic.input_weight if dynamic.uses_input_stats else 0.0
         self.active = dynamic.reallocate or self.per_example
@@ -112,6 +116,25 @@ class RankController:
         self.complexity = [math.nan] * len(self.layers)
         self.events = 0
         self._fading = False
+        if self.start_budget > self.budget:  # start high: grow every layer evenly (exact: new B columns are 0)
+            start = allocate_ranks([1.0] * len(self.layers), self.start_budget, self.min_rank, self.max_rank, caps=self.caps)
+            with torch.no_grad():
+                for i, (layer, target) in enumerate(zip(self.layers, start, strict=True)):
+                    self._apply(i, layer, target, 0, None, 0.0)
+                    self._reorder(i, layer)
+            self._fading = False  # growing is instant; nothing fades
+
+    def budget_at(self, step: int) -> int:
+        """Live budget after the reallocation at `step`: the start budget pruned to the target on a cubic
+        schedule (AdaLoRA's), reaching the target exactly at the last reallocation event."""
+        if self.start_budget == self.budget:
+            return self.budget
+        sch = self.schedule
+        last = sch.warmup + (sch.final - sch.warmup) // sch.interval * sch.interval
+        if step >= last:
+            return self.budget
+        progress = max(0.0, (step - sch.warmup) / max(1, last - sch.warmup))
+        return self.budget + round((self.start_budget - self.budget) * (1.0 - progress) ** 3)
 
     # ---- per step --------------------------------------------------------------------------
     def after_backward(self) -> None:
@@ -172,7 +195,10 @@ class RankController:
         scores = importance.mix_scores(densities, self.complexity, self.input_weight)
         if self.cfg.reallocate:
             current = [l.rank for l in self.layers]
-            targets = allocate_ranks(scores, self.budget, self.min_rank, self.max_rank, current=current, caps=self.caps)
+            caps = self.caps
+            if self.start_budget > self.budget:  # pruning from above (AdaLoRA-style): layers only shrink, so no
+                caps = [min(c, r) for c, r in zip(caps, current, strict=True)]  # component starts cold late in training
+            targets = allocate_ranks(scores, self.budget_at(step), self.min_rank, self.max_rank, current=current, caps=caps)
             for i, (layer, target) in enumerate(zip(self.layers, targets, strict=True)):
                 self._apply(i, layer, target, step, optimizer, densities[i])
         for i, layer in enumerate(self.layers):

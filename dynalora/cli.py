@@ -82,11 +82,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         result = run_training(cfg)
     if result is not None and result.metrics:
-        _print_summary(result)
+        _print_summary(result, cfg.lora.rank)
     return 0
 
 
-def _print_summary(result: Any) -> None:
+def _print_summary(result: Any, average_rank: int) -> None:
+    from dynalora.core.budget import summary_lines
     from dynalora.core.plots import short_name
 
     print("\n== evaluation ==")
@@ -94,6 +95,9 @@ def _print_summary(result: Any) -> None:
         print(f"  {k:>10}: {v:.4f}")
     print("== final rank per layer ==")
     print("  " + "  ".join(f"{short_name(n)}={r}" for n, r in result.ranks.items()))
+    print("== rank budget ==")
+    for line in summary_lines(result.ranks, average_rank):
+        print("  " + line)
     print(f"== outputs ==\n  adapter: {result.out / 'adapter'}\n  heatmap: {result.out / 'allocation.png'}\n  metrics: {result.out / 'metrics.jsonl'}")
 
 

@@ -188,3 +188,35 @@ def test_budget_beyond_layer_widths_names_the_largest_rank() -> None:
     with pytest.raises(ConfigError, match=r"--rank 20 over 2 adapted layers needs 40 ranks.*6\.\.32.*"
                                           r"38 in all; the largest possible average rank is 19"):
         RankController(layers, ctx, LoRAConfig(rank=20), DynamicConfig(), 40)
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_budget_start_prunes_to_the_target_exactly_and_monotonically(arch: str) -> None:
+    """--budget-start 1.5: the run starts with 1.5x the live rank, every reallocation lowers (never raises) it on
+    the cubic schedule, the last one lands exactly on the target, and no reallocation changes the outputs."""
+    torch.manual_seed(0)
+    model = tiny_model(arch, seed=0)
+    layers, ctx = inject_adapters(model, targets=None, capacity=8, rank=4, scaling=2.0)
+    ctrl = RankController(layers, ctx, LoRAConfig(rank=4, max_rank=8), DynamicConfig(budget_start=1.5), 40)
+    target = 4 * len(layers)
+    assert sum(l.rank for l in layers.values()) == ctrl.start_budget == round(1.5 * target)
+    assert all(torch.equal(l.gate, l.kept.float()) for l in layers.values())  # grown at once, nothing fading
+    _, layers, ctrl, events, jumps, _ = _train(arch, DynamicConfig(budget_start=1.5))
+    budgets = [sum(ev["ranks"].values()) for ev in events]
+    assert budgets[0] == round(1.5 * target) and budgets[-1] == target  # the first event starts the pruning
+    assert any(target < b < budgets[0] for b in budgets)  # ... which goes down in steps, not in one jump
+    assert all(a >= b for a, b in zip(budgets, budgets[1:]))
+    assert [ctrl.budget_at(ev["step"]) for ev in events] == budgets
+    for a, b in zip(events, events[1:]):  # pruning from above: no layer ever grows (nothing starts cold late)
+        assert all(b["ranks"][n] <= a["ranks"][n] for n in a["ranks"])
+    assert max(jumps) == 0.0
+    assert sum(l.rank for l in layers.values()) == target
+
+
+def test_budget_start_needs_reallocation() -> None:
+    from dynalora.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="budget-start"):
+        DynamicConfig(reallocate=False, budget_start=1.5)
+    with pytest.raises(ConfigError, match="budget-start"):
+        DynamicConfig(budget_start=0.5)
