@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -467,6 +468,9 @@ def main() -> None:
     parser.add_argument("--no-latency", action="store_true",
                         help="stop after the accuracy stages (timing wants a quiet machine; rerun without it later)")
     args = parser.parse_args()
+    if not os.environ.get("DYNALORA_BIGBENCH_DIR"):
+        sys.exit("error: set DYNALORA_BIGBENCH_DIR to the benchmark_tasks folder of the bigbench==1.0.0 sdist "
+                 "(see the README's data section)")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     from dynalora.fusion import evaluate_fusion, load_fusion

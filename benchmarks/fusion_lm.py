@@ -149,7 +149,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     if not os.environ.get("DYNALORA_BIGBENCH_DIR"):
-        print("error: set DYNALORA_BIGBENCH_DIR to the bigbench benchmark_tasks folder (see ../shared/DATA.md)", file=sys.stderr)
+        print("error: set DYNALORA_BIGBENCH_DIR to the bigbench benchmark_tasks folder (see the README's data section)", file=sys.stderr)
         return 2
     torch.set_num_threads(2)
     work = Path(args.work)

@@ -1,0 +1,146 @@
+"""Markdown and Pareto plot of the rank study report (see rank_study_report.py for the numbers)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+ORDER = ("static", "static-2r", "dynamic", "dyn-mix", "dyn-sens", "dyn-sens-r0", "dyn-sens-prune", "peft-lora", "peft-adalora")
+
+
+def _f(x: float | None, nd: int = 2, sign: bool = True) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:+.{nd}f}" if sign else f"{x:.{nd}f}"
+
+
+def _ci(d: dict[str, Any]) -> str:
+    lo, hi = d.get("low"), d.get("high")
+    if lo is None or (isinstance(lo, float) and math.isnan(lo)):
+        return _f(d.get("mean"))
+    return f"{_f(d['mean'])} [{_f(lo)}, {_f(hi)}]"
+
+
+def _methods(cell: dict[str, Any]) -> list[str]:
+    return sorted(cell["per_task"], key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER))
+
+
+def _cell_md(key: str, cell: dict[str, Any], meta: dict[str, Any], mechanisms: dict[str, str]) -> list[str]:
+    from rank_study_stats import verdict
+
+    methods = _methods(cell)
+    L = [f"## {key}: average rank {meta['budget']}, targets {', '.join(meta['targets'])}, regime {meta['regime']}", ""]
+    L.append(f"Seeds {cell['seeds']}; metric points = accuracy x 100 (classification) or Pearson r x 100 (regression), "
+             "on each task's evaluation file.")
+    L += ["", "| task | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for t in cell["tasks"]:
+        row = []
+        for m in methods:
+            v = cell["per_task"][m].get(t)
+            row.append(f"{v['mean']:.2f} ± {v['sd']:.2f} (n={v['n']})" if v else "")
+        L.append(f"| {t} | " + " | ".join(row) + " |")
+    L.append("| **mean over tasks** | " + " | ".join(f"**{cell['mean_over_tasks'][m]:.2f}**" for m in methods) + " |")
+    L.append("| live trainable params | " + " | ".join(f"{cell['live_params'][m]:,}" for m in methods) + " |")
+    L.append("| learning rate (swept) | " + " | ".join(f"{cell['lrs'].get(m, float('nan')):g}" for m in methods) + " |")
+    L += ["", "Seed-paired differences in points, mean and 95% CI (per task: t over seeds; over tasks: t over the "
+          "per-task means):", "", "| comparison | " + " | ".join(cell["tasks"]) + " | over tasks |",
+          "|---" * (len(cell["tasks"]) + 2) + "|"]
+    for label, c in cell["comparisons"].items():
+        o = c["over_tasks"]
+        cells = [(_ci(c["per_task"][t]) if t in c["per_task"] else "") for t in cell["tasks"]]
+        L.append(f"| {label} | " + " | ".join(cells) + f" | **{_ci({'mean': o['mean'], 'low': o['ci95'][0], 'high': o['ci95'][1]})}** |")
+    L += ["", "Ablation (one mechanism per row; each against static r over tasks):", "", "| variant | mechanism | diff vs static r |",
+          "|---|---|---|"]
+    for m in methods:
+        if m in mechanisms:
+            c = cell["comparisons"].get("dynamic r - static r" if m == "dynamic" else f"{m} - static r (ablation)")
+            if c:
+                o = c["over_tasks"]
+                L.append(f"| {m} | {mechanisms[m]} | {verdict(o['mean'], o['ci95'][0], o['ci95'][1])} |")
+    if cell["rank_split"]:
+        L += ["", "Where the rank went (mean final rank per adapted layer, over tasks and seeds):", ""]
+        types = sorted({t for v in cell["rank_split"].values() for t in v["by_module_type"]})
+        L += ["| method | " + " | ".join(types) + " | by layer (0 = bottom) |", "|---" * (len(types) + 2) + "|"]
+        for m, v in cell["rank_split"].items():
+            L.append(f"| {m} | " + " | ".join(f"{v['by_module_type'].get(t, '')}" for t in types)
+                     + " | " + ", ".join(f"{k}: {x}" for k, x in v["by_layer"].items()) + " |")
+    L += ["", "LR sweep (seed 0, validation files of the sweep tasks; the best mean wins):", "",
+          "| method | lr | " + " | ".join(sorted({s['task'] for s in cell['sweep']})) + " |",
+          "|---|---|" + "---|" * len({s['task'] for s in cell['sweep']})]
+    sweep_tasks = sorted({s["task"] for s in cell["sweep"]})
+    for m in methods:
+        for lr in sorted({s["lr"] for s in cell["sweep"] if s["method"] == m}):
+            vals = {s["task"]: s["val"] for s in cell["sweep"] if s["method"] == m and s["lr"] == lr}
+            L.append(f"| {m} | {lr:g} | " + " | ".join(f"{vals[t]:.2f}" if t in vals else "" for t in sweep_tasks) + " |")
+    return L + [""]
+
+
+def targets_lines(report: dict[str, Any]) -> list[str]:
+    """The issue's targets, each answered by a sentence computed from the numbers."""
+    from rank_study_stats import verdict
+
+    s = report["summary"]
+    L = ["## Against the targets", ""]
+    for b, v in sorted(s["per_budget"].items(), key=lambda kv: int(kv[0])):
+        lo, hi = (v.get("ci95") or [float("nan")] * 2)
+        L.append(f"- average rank {b} ({v['cell']}): dynamic - static = {verdict(v['mean_diff_points'] or float('nan'), lo, hi)}")
+        lo2, hi2 = (v.get("dynamic_r_vs_static_2r_ci95") or [float("nan")] * 2)
+        d2 = v.get("dynamic_r_vs_static_2r_points")
+        if d2 is not None:
+            L.append(f"  - dynamic at rank {b} vs static at rank {2 * int(b)}: {_f(d2)} points [{_f(lo2)}, {_f(hi2)}] "
+                     f"({'dynamic r >= static 2r: met' if d2 >= 0 else 'dynamic r >= static 2r: not met'})")
+        d3 = v.get("dynamic_vs_peft_adalora_points")
+        if d3 is not None:
+            lo3, hi3 = v.get("dynamic_vs_peft_adalora_ci95") or [float("nan")] * 2
+            L.append(f"  - dynamic vs PEFT AdaLoRA at equal budget: {_f(d3)} points [{_f(lo3)}, {_f(hi3)}] "
+                     f"({'met' if d3 > 0 else 'not met'})")
+    return L + [""]
+
+
+def render_markdown(report: dict[str, Any], mechanisms: dict[str, str]) -> str:
+    env = report["environment"]
+    s = report["summary"]
+    L = ["# Rank study: dynamic LoRA vs static LoRA at equal live budget", "",
+         f"Generated from {report['n_cached_runs']} cached runs (benchmarks/results/rank_study_runs/). Machine: "
+         f"{env.get('cpu', '?')}, {env.get('cpus', '?')} CPUs, torch {env.get('packages', {}).get('torch', '?')}, "
+         f"peft {env.get('packages', {}).get('peft', '?')}; every run used 1 torch thread (2 runs in parallel).",
+         "", f"Tasks: {', '.join(s['tasks'])}. Seeds: {s['seeds']}. Budgets (average rank): {s['budgets']}.",
+         "", "Regenerate: see the docstring of benchmarks/rank_study.py (`--report-only` rebuilds this file from the cache).", ""]
+    L += targets_lines(report)
+    L += ["![Pareto: metric vs live trainable parameters](rank_study.png)", ""]
+    for key in sorted(report["cells"]):
+        L += _cell_md(key, report["cells"][key], report["cell_meta"][key], mechanisms)
+    return "\n".join(L) + "\n"
+
+
+def plot_pareto(report: dict[str, Any], path: Path) -> None:
+    """Mean metric over tasks against mean live trainable parameters, per method, one panel per cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dynalora.atomic import atomic_path
+
+    keys = sorted(report["cells"])
+    if not keys:
+        return
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.5), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        cell = report["cells"][key]
+        for m in _methods(cell):
+            x, y = cell["live_params"][m], cell["mean_over_tasks"][m]
+            ax.scatter([x], [y], s=40, marker="s" if m.startswith("static") else ("^" if m.startswith("peft") else "o"))
+            ax.annotate(m, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if {"static", "static-2r"} <= set(cell["live_params"]):
+            ax.plot([cell["live_params"]["static"], cell["live_params"]["static-2r"]],
+                    [cell["mean_over_tasks"]["static"], cell["mean_over_tasks"]["static-2r"]], "k--", lw=0.8)
+        ax.set_title(key)
+        ax.set_xlabel("live trainable parameters (adapters + head)")
+        ax.set_ylabel("mean metric over tasks (points)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

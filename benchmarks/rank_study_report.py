@@ -1,0 +1,191 @@
+"""Report of the rank study, rebuilt from the run cache alone: Markdown, JSON (with a `summary`) and a PNG.
+
+Only evaluation-split runs at each method's selected learning rate (from the validation sweep of the same
+cell, see `best_lrs`) enter the tables; differences are seed-paired (rank_study_stats.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from rank_study_stats import mean_ci95, over_tasks, paired_diffs, verdict
+
+BASELINE = "static"
+# (row label, method, against)
+COMPARISONS = (
+    ("dynamic r - static r", "dynamic", "static"),
+    ("dynamic r - static 2r", "dynamic", "static-2r"),
+    ("dynamic r - PEFT LoRA r", "dynamic", "peft-lora"),
+    ("dynamic r - PEFT AdaLoRA r", "dynamic", "peft-adalora"),
+    ("static 2r - static r (what doubling the rank buys)", "static-2r", "static"),
+    ("PEFT AdaLoRA r - static r", "peft-adalora", "static"),
+)
+MECHANISMS = {
+    "dynamic": "default: reallocation from sensitivity + input complexity (50/50), min rank 1, max 2r",
+    "dyn-mix": "sensitivity + input complexity (50/50) (the pre-study default)",
+    "dyn-sens": "sensitivity only (input statistics off)",
+    "dyn-sens-r0": "sensitivity only, rank 0 allowed (a projection can be switched off), max 4r",
+    "dyn-sens-prune": "sensitivity only, budget starts at 1.5x and is pruned to the target (cubic), AdaLoRA-style",
+}
+MODULE_TYPES = (("attention.self.query", "query"), ("attention.self.key", "key"), ("attention.self.value", "value"),
+                ("attention.output.dense", "attn-out"), ("intermediate.dense", "ffn-in"), ("output.dense", "ffn-out"),
+                ("pooler.dense", "pooler"))
+
+
+def score(record: dict[str, Any]) -> float:
+    """The task's metric in points: accuracy x 100 (classification) or Pearson r x 100 (regression)."""
+    m = record["result"]["metrics"]
+    return 100.0 * float(m["accuracy"] if "accuracy" in m else m["pearson"])
+
+
+def best_lrs(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Per method: the learning rate with the best mean validation score over the sweep tasks (ties: smaller).
+
+    Methods with `lr_from` (ablation variants) are not swept; the caller maps them.
+    """
+    by: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        c = r["config"]
+        if c["split"] == "val":
+            by[c["method"]][c["lr"]].append(score(r))
+    return {m: max(lrs, key=lambda lr: (statistics.fmean(lrs[lr]), -lr)) for m, lrs in by.items()}
+
+
+def load_cache(cache: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(cache.glob("*.json"))]
+
+
+def module_type(name: str) -> str:
+    for suffix, label in MODULE_TYPES:
+        if name.endswith(suffix):
+            return label
+    return name.rsplit(".", 1)[-1]
+
+
+def layer_index(name: str) -> int | None:
+    m = re.search(r"\.layers?\.(\d+)\.", name)
+    return int(m.group(1)) if m else None
+
+
+def rank_split(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean final rank per module type and per layer depth over a method's runs (tasks x seeds)."""
+    by_type: dict[str, list[float]] = defaultdict(list)
+    by_layer: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        ranks = r["result"].get("ranks") or {}
+        t_sum: dict[str, list[int]] = defaultdict(list)
+        l_sum: dict[str, list[int]] = defaultdict(list)
+        for n, k in ranks.items():
+            t_sum[module_type(n)].append(k)
+            li = layer_index(n)
+            l_sum["pooler" if li is None else str(li)].append(k)
+        for t, ks in t_sum.items():
+            by_type[t].append(statistics.fmean(ks))
+        for li, ks in l_sum.items():
+            by_layer[li].append(statistics.fmean(ks))
+    return {"by_module_type": {t: round(statistics.fmean(v), 2) for t, v in by_type.items()},
+            "by_layer": {li: round(statistics.fmean(v), 2) for li, v in sorted(by_layer.items(), key=lambda kv: (not kv[0].isdigit(), kv[0].zfill(3)))}}
+
+
+def cell_tables(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Everything the report says about one cell (budget x targets x regime)."""
+    lrs = best_lrs(records)
+    lr_from = {r["config"]["method"]: r["config"].get("lr_from") for r in records}
+    chosen = {m: lrs.get(src or m) for m, src in lr_from.items()}
+    evals = [r for r in records if r["config"]["split"] == "eval" and chosen.get(r["config"]["method"]) == r["config"]["lr"]]
+    scores: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))  # method -> task -> seed
+    params: dict[str, list[int]] = defaultdict(list)
+    for r in evals:
+        c = r["config"]
+        scores[c["method"]][c["task"]][c["seed"]] = score(r)
+        params[c["method"]].append(r["result"]["live_params"])
+    tasks = sorted({t for m in scores.values() for t in m})
+    per_task = {m: {t: {"mean": statistics.fmean(d.values()), "sd": statistics.stdev(d.values()) if len(d) > 1 else 0.0,
+                        "n": len(d), "seeds": d} for t, d in tm.items()} for m, tm in scores.items()}
+    comps = {}
+    rows = list(COMPARISONS) + [(f"{m} - static r (ablation)", m, "static") for m in MECHANISMS if m != "dynamic" and m in scores]
+    for label, a, b in rows:
+        if a not in scores or b not in scores:
+            continue
+        d = {t: paired_diffs(scores[a][t], scores[b][t]) for t in tasks if t in scores[a] and t in scores[b]}
+        comps[label] = {"method": a, "against": b,
+                        "per_task": {t: dict(zip(("mean", "low", "high"), mean_ci95(list(v.values())), strict=True)) | {"n": len(v)}
+                                     for t, v in d.items() if v},
+                        "over_tasks": over_tasks({t: v for t, v in d.items() if v})}
+    sweep = [{"method": r["config"]["method"], "task": r["config"]["task"], "lr": r["config"]["lr"], "val": score(r)}
+             for r in records if r["config"]["split"] == "val"]
+    return {"lrs": chosen, "sweep": sweep, "tasks": tasks, "per_task": per_task, "comparisons": comps,
+            "live_params": {m: round(statistics.fmean(v)) for m, v in params.items()},
+            "mean_over_tasks": {m: statistics.fmean(v["mean"] for v in tm.values()) for m, tm in per_task.items()},
+            "rank_split": {m: rank_split([r for r in evals if r["config"]["method"] == m])
+                           for m in scores if any(r["result"].get("ranks") for r in evals if r["config"]["method"] == m)},
+            "seeds": sorted({s for tm in scores.values() for d in tm.values() for s in d})}
+
+
+def summarize(cells: dict[str, dict[str, Any]], meta: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The machine-readable summary the issue asks for: per budget, dynamic minus static over tasks."""
+    per_budget: dict[str, Any] = {}
+    for key, cell in sorted(cells.items()):
+        b = str(meta[key]["budget"])
+        c = cell["comparisons"]
+        entry = {"cell": key, "targets": meta[key]["targets"], "regime": meta[key]["regime"]}
+        for name, label in (("mean_diff_points", "dynamic r - static r"), ("dynamic_r_vs_static_2r_points", "dynamic r - static 2r"),
+                            ("dynamic_vs_peft_adalora_points", "dynamic r - PEFT AdaLoRA r")):
+            o = c.get(label, {}).get("over_tasks", {})
+            entry[name] = o.get("mean")
+            entry[name.replace("points", "ci95") if name != "mean_diff_points" else "ci95"] = o.get("ci95")
+        per_budget.setdefault(b, {"cells": []})["cells"].append(entry)
+    for b, v in per_budget.items():  # the headline of a budget: its first cell (all targets, epochs first)
+        head = sorted(v["cells"], key=lambda e: (e["targets"] != ["query", "key", "value", "dense"], e["regime"] != {"epochs": 3.0}))[0]
+        v.update({k: head[k] for k in head if k not in ("targets", "regime")})
+    tasks = sorted({t for c in cells.values() for t in c["tasks"]})
+    seeds = sorted({s for c in cells.values() for s in c["seeds"]})
+    return {"tasks": tasks, "seeds": seeds, "budgets": sorted(int(b) for b in per_budget), "per_budget": per_budget}
+
+
+def write(out: Path, cache: Path) -> dict[str, Any]:
+    from dynalora.atomic import write_json, write_text
+
+    records = [r for r in load_cache(cache) if "result" in r]
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        groups[r["config"]["cell"]].append(r)
+    meta = {k: {"budget": v[0]["config"]["budget"], "targets": v[0]["config"]["targets"], "regime": v[0]["config"]["regime"],
+                "settings": {x: v[0]["config"][x] for x in ("model", "batch", "max_length")}} for k, v in groups.items()}
+    cells = {k: cell_tables(v) for k, v in groups.items()}
+    report = {"environment": _environment(), "n_cached_runs": len(records), "cells": cells, "cell_meta": meta,
+              "summary": summarize(cells, meta)}
+    write_json(out / "rank_study.json", report)
+    write_text(out / "rank_study.md", render(report))
+    _plot(report, out / "rank_study.png")
+    return report
+
+
+def _environment() -> dict[str, Any]:
+    from dynalora.edge_runtime.envinfo import PACKAGES, environment
+
+    return environment((*PACKAGES, "peft"))
+
+
+def _fmt(x: float | None, nd: int = 2, sign: bool = True) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:+.{nd}f}" if sign else f"{x:.{nd}f}"
+
+
+def render(report: dict[str, Any]) -> str:
+    from rank_study_render import render_markdown
+
+    return render_markdown(report, MECHANISMS)
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    from rank_study_render import plot_pareto
+
+    plot_pareto(report, path)

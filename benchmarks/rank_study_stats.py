@@ -1,0 +1,56 @@
+"""Statistics of the rank study: seed-paired differences and their 95% confidence intervals (pure functions).
+
+A difference "dynamic minus static" is taken per (task, seed): both runs share the data, the split, the
+evaluation examples and the seed (the same data order and head initialisation), so pairing removes the
+variance the two methods share. Per task, the interval is Student's t over the seed-paired differences.
+Over tasks, the unit is the task: the interval is Student's t over the per-task mean differences (tasks are
+the population a user cares about; seeds within a task are not independent draws of it).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+
+from scipy import stats as _st
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, low, high): Student's t 95% interval; (mean, nan, nan) with fewer than two values."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return math.nan, math.nan, math.nan
+    m = statistics.fmean(vals)
+    if len(vals) < 2:
+        return m, math.nan, math.nan
+    half = float(_st.t.ppf(0.975, len(vals) - 1)) * statistics.stdev(vals) / math.sqrt(len(vals))
+    return m, m - half, m + half
+
+
+def paired_diffs(a: dict[int, float], b: dict[int, float]) -> dict[int, float]:
+    """a[seed] - b[seed] for the seeds both have."""
+    return {s: a[s] - b[s] for s in sorted(set(a) & set(b))}
+
+
+def over_tasks(per_task: dict[str, dict[int, float]], min_seeds: int = 2) -> dict[str, object]:
+    """Mean over tasks of each task's mean paired difference, with a t interval over tasks.
+
+    Tasks with fewer than `min_seeds` paired seeds are left out (and listed).
+    """
+    used = {t: d for t, d in per_task.items() if len(d) >= min_seeds}
+    means = [statistics.fmean(d.values()) for d in used.values()]
+    m, lo, hi = mean_ci95(means)
+    return {"mean": m, "ci95": [lo, hi], "n_tasks": len(used), "tasks": sorted(used),
+            "left_out": sorted(set(per_task) - set(used))}
+
+
+def verdict(mean: float, lo: float, hi: float, target: float = 1.0) -> str:
+    """A sentence computed from the numbers, for the report."""
+    if math.isnan(mean):
+        return "not measured"
+    if math.isnan(lo):
+        return f"{mean:+.2f} points (one task or seed: no interval)"
+    where = ("the interval excludes 0" if lo > 0 or hi < 0 else "the interval includes 0")
+    met = "met" if mean >= target and lo > 0 else "not met"
+    return f"{mean:+.2f} points, 95% CI [{lo:+.2f}, {hi:+.2f}]: {where}; target >= +{target:g} with CI > 0: {met}"

@@ -1,0 +1,95 @@
+"""The rank study's bookkeeping on synthetic run records: learning-rate choice from validation runs only,
+seed-paired differences with t intervals, the machine-readable summary, and the report files."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import rank_study  # noqa: E402
+import rank_study_report as report  # noqa: E402
+from rank_study_stats import mean_ci95, over_tasks, paired_diffs, verdict  # noqa: E402
+
+
+def _rec(method: str, task: str, split: str, lr: float, seed: int, acc: float, rank: int = 2, lr_from: str | None = None):
+    return {"config": {"cell": "r2-all-epochs", "budget": 2, "targets": ["query", "key", "value", "dense"],
+                       "regime": {"epochs": 3.0}, "model": "minilm", "batch": 16, "max_length": 64, "method": method,
+                       "task": task, "split": split, "lr": lr, "seed": seed, "rank": rank, "lr_from": lr_from},
+            "result": {"metrics": {"accuracy": acc}, "live_params": 1000 * rank,
+                       "ranks": {"bert.encoder.layer.0.attention.self.query": rank, "bert.encoder.layer.1.output.dense": rank}}}
+
+
+def test_mean_ci95_matches_student_t() -> None:
+    m, lo, hi = mean_ci95([1.0, 2.0, 3.0])
+    assert m == 2.0 and lo == pytest.approx(2.0 - 4.302652729911275 * 1.0 / math.sqrt(3))
+    assert hi == pytest.approx(2 * m - lo)
+    assert math.isnan(mean_ci95([5.0])[1])
+
+
+def test_paired_diffs_use_common_seeds_and_over_tasks_uses_task_means() -> None:
+    assert paired_diffs({0: 80.0, 1: 82.0, 2: 70.0}, {0: 79.0, 1: 83.0}) == {0: 1.0, 1: -1.0}
+    o = over_tasks({"a": {0: 1.0, 1: 3.0}, "b": {0: -1.0, 1: -1.0}, "c": {0: 9.0}})
+    assert o["tasks"] == ["a", "b"] and o["left_out"] == ["c"] and o["mean"] == pytest.approx(0.5)
+    assert "not met" in verdict(0.5, -0.1, 1.1) and "includes 0" in verdict(0.5, -0.1, 1.1)
+    assert "met" in verdict(1.5, 0.2, 2.8) and "not met" not in verdict(1.5, 0.2, 2.8)
+
+
+def test_learning_rate_is_chosen_on_validation_runs_only() -> None:
+    recs = [_rec("static", "t1", "val", 1e-3, 0, 0.70), _rec("static", "t1", "val", 3e-3, 0, 0.80),
+            _rec("static", "t1", "eval", 1e-3, 0, 0.99)]  # an evaluation score must not pick the rate
+    assert report.best_lrs(recs) == {"static": 3e-3}
+
+
+def test_cell_tables_summary_and_files(tmp_path: Path) -> None:
+    recs = []
+    for m, lr, bonus, rank, src in (("static", 3e-3, 0.0, 2, None), ("dynamic", 1e-2, 0.02, 2, None),
+                                    ("static-2r", 3e-3, 0.01, 4, None), ("dyn-sens", 1e-2, 0.03, 2, "dynamic")):
+        if src is None:
+            recs += [_rec(m, "t1", "val", lr, 0, 0.8 + bonus, rank), _rec(m, "t1", "val", 1e-4, 0, 0.5, rank)]
+        for t in ("t1", "t2"):
+            for s in range(3):
+                recs.append(_rec(m, t, "eval", lr, s, 0.7 + bonus + 0.01 * s, rank, src))
+                recs.append(_rec(m, t, "eval", 1e-4, s, 0.1, rank, src))  # not the selected rate: ignored
+    cell = report.cell_tables(recs)
+    assert cell["lrs"] == {"static": 3e-3, "dynamic": 1e-2, "static-2r": 3e-3, "dyn-sens": 1e-2}
+    assert cell["per_task"]["dynamic"]["t1"]["mean"] == pytest.approx(73.0)
+    d = cell["comparisons"]["dynamic r - static r"]
+    assert d["over_tasks"]["mean"] == pytest.approx(2.0) and d["per_task"]["t1"]["n"] == 3
+    assert cell["comparisons"]["dynamic r - static 2r"]["over_tasks"]["mean"] == pytest.approx(1.0)
+    assert cell["comparisons"]["dyn-sens - static r (ablation)"]["over_tasks"]["mean"] == pytest.approx(3.0)
+    meta = {"r2-all-epochs": {"budget": 2, "targets": ["query", "key", "value", "dense"], "regime": {"epochs": 3.0}}}
+    summary = report.summarize({"r2-all-epochs": cell}, meta)
+    assert summary["tasks"] == ["t1", "t2"] and summary["seeds"] == [0, 1, 2] and summary["budgets"] == [2]
+    assert summary["per_budget"]["2"]["mean_diff_points"] == pytest.approx(2.0)
+    assert summary["per_budget"]["2"]["dynamic_r_vs_static_2r_points"] == pytest.approx(1.0)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for i, r in enumerate(recs):
+        (cache / f"{i}.json").write_text(json.dumps(r))
+    out = report.write(tmp_path, cache)
+    assert out["summary"]["per_budget"]["2"]["ci95"][0] == pytest.approx(2.0)  # identical per-task means: zero width
+    md = (tmp_path / "rank_study.md").read_text()
+    assert "dynamic r - static r" in md and "## Against the targets" in md
+    assert (tmp_path / "rank_study.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_run_config_hash_changes_with_any_setting(tmp_path: Path) -> None:
+    for name in ("train.jsonl", "val.jsonl", "eval.jsonl"):
+        (tmp_path / "t1").mkdir(exist_ok=True)
+        (tmp_path / "t1" / name).write_text('{"text": "a", "label": "x"}\n')
+    cell = rank_study.Cell(2, "all", "epochs")
+    s = {"model": "minilm", "batch": 16, "max_length": 64}
+    a = rank_study.run_config(cell, "dynamic", "t1", "eval", 3e-3, 0, tmp_path, s)
+    assert a["dynamic"]["reallocate"] is True and a["lora"]["rank"] == 2  # the resolved settings are part of it
+    b = rank_study.run_config(cell, "dynamic", "t1", "eval", 3e-3, 1, tmp_path, s)
+    c = rank_study.run_config(cell, "static-2r", "t1", "eval", 3e-3, 0, tmp_path, s)
+    assert c["rank"] == 4 and c["dynamic"]["reallocate"] is False
+    assert len({rank_study.config_hash(x) for x in (a, b, c)}) == 3
+    (tmp_path / "t1" / "train.jsonl").write_text('{"text": "b", "label": "x"}\n')  # data change -> new hash
+    assert rank_study.config_hash(rank_study.run_config(cell, "dynamic", "t1", "eval", 3e-3, 0, tmp_path, s)) != rank_study.config_hash(a)
