@@ -90,7 +90,7 @@ def save_adapter(model: nn.Module, folder: Path, *, base_model: str, extra: dict
     dyn = {
         "format_version": 1,
         "scaling": scaling,
-        "ranks": {n: l.rank for n, l in layers.items()},
+        "ranks": {n: ranks.get(n, 0) for n in layers},  # the saved components (= kept ones once fades end)
         "v_ref": {n: float(l.v_ref) for n, l in layers.items()},
         **extra,
     }

@@ -22,7 +22,9 @@ class RankSchedule:
     def from_config(cls, cfg: DynamicConfig, total_steps: int) -> RankSchedule:
         interval = max(1, round(cfg.interval_frac * total_steps))
         warmup = max(1, round(cfg.warmup_frac * total_steps))
-        final = max(warmup, round(cfg.final_frac * total_steps))
+        # the last fade (one interval) must end by the last step, so the saved adapter holds only kept
+        # components; a run too short for that gets no reallocation (final < warmup: no event)
+        final = min(max(warmup, round(cfg.final_frac * total_steps)), total_steps - interval)
         return cls(warmup=warmup, final=final, interval=interval)
 
     def is_event(self, step: int) -> bool:

@@ -220,3 +220,35 @@ def test_budget_start_needs_reallocation() -> None:
         DynamicConfig(reallocate=False, budget_start=1.5)
     with pytest.raises(ConfigError, match="budget-start"):
         DynamicConfig(budget_start=0.5)
+
+
+def test_schedule_lets_the_last_fade_end_before_the_run_does() -> None:
+    from dynalora.core.schedule import RankSchedule
+
+    for total in range(1, 150):
+        sch = RankSchedule.from_config(DynamicConfig(), total)
+        assert all(e + sch.interval <= total for e in sch.events(total)), total
+    assert RankSchedule.from_config(DynamicConfig(), 100).events(100)[-1] == 80  # normal runs keep their schedule
+
+
+def test_saved_ranks_match_the_saved_components_while_a_fade_is_in_progress(tmp_path) -> None:
+    """A pruned component still fading when the run is saved is saved (its gate folded into B): the
+    dynalora.json ranks must count it too, or readers of the folder (fusion, load_run) see a mismatch."""
+    import json
+
+    from dynalora.core.run_io import read_adapter_files, save_adapter
+
+    model = tiny_model("llama", seed=0)
+    layers, _ = inject_adapters(model, targets=None, capacity=8, rank=4, scaling=2.0)
+    name, layer = next(iter(layers.items()))
+    with torch.no_grad():
+        layer.lora_B.normal_()
+        layer.kept[0] = False  # pruned, gate still 0.5: it still acts on the output
+        layer.gate[0] = 0.5
+    save_adapter(model, tmp_path / "adapter", base_model="tiny", extra={"problem": "classification"})
+    cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    files = read_adapter_files(tmp_path / "adapter")
+    assert layer.rank == 3  # kept components; the fading one is saved as well
+    assert files.ranks[name] == cfg["rank_pattern"][name] == 4
+    a, b = files.lora(name)
+    assert a.shape[0] == b.shape[1] == 4
