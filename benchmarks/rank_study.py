@@ -279,6 +279,17 @@ def sweep_configs(cell: Cell, methods: list[str], tasks: list[str], data: Path, 
     return out
 
 
+def record_tasks(out: Path, data: Path, tasks: list[str]) -> None:
+    """Keep each task's data description (source, split sizes, digest) beside the cache, for the report."""
+    from dynalora.atomic import write_json
+
+    path = out / "rank_study_tasks.json"
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    for t in tasks:
+        known[t] = {**json.loads((data / t / "meta.json").read_text()), "data_digest": _file_digest(data / t)}
+    write_json(path, known)
+
+
 def all_sweeps(cell: Cell, tasks: list[str], data: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
     """Every cached sweep run of this cell (the learning rates of methods swept in earlier tiers)."""
     return [r for r in (cached(c) for c in sweep_configs(cell, list(SWEPT), tasks, data, settings)) if r is not None]
@@ -312,6 +323,7 @@ def main() -> int:
         print(f"error: no task files for {', '.join(missing)} under {data}; run benchmarks/rank_study_data.py first",
               file=sys.stderr)
         return 2
+    record_tasks(Path(args.out), data, tasks)
     tiers = [t.split(",") for t in args.methods.split(";")]
     for cell in cells:
         for tier in tiers:  # each tier: its learning-rate sweep, then its evaluation runs (seed-major)

@@ -127,8 +127,8 @@ def load_source(name: str, spec: dict[str, Any], glue_dir: Path, bigbench_dir: P
     if source == "bigbench":
         return load_task(spec["load"], data_dir=str(bigbench_dir))
     if source == "vader":
-        rows = _vader_rows(sdist, "movieReviewSnippets_GroundTruth.txt")  # type: ignore[arg-type]
-        train, dev = _split(rows)
+        rows = list({t: (t, v) for t, v in _vader_rows(sdist, "movieReviewSnippets_GroundTruth.txt")}.values())  # type: ignore[arg-type]
+        train, dev = _split(rows)  # duplicate texts dropped first (the last one kept), so no text is in both
         for fname, part in (("all_train.jsonl", train), ("all_eval.jsonl", dev)):
             write_text(work / fname, "".join(json.dumps({"text": t, "label": v}) + "\n" for t, v in part))
         return load_task(None, train_file=str(work / "all_train.jsonl"), eval_file=str(work / "all_eval.jsonl"))

@@ -26,7 +26,7 @@ def _methods(cell: dict[str, Any]) -> list[str]:
     return sorted(cell["per_task"], key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER))
 
 
-def _cell_md(key: str, cell: dict[str, Any], meta: dict[str, Any], mechanisms: dict[str, str]) -> list[str]:
+def _cell_md(key: str, cell: dict[str, Any], meta: dict[str, Any]) -> list[str]:
     from rank_study_stats import verdict
 
     methods = _methods(cell)
@@ -53,11 +53,10 @@ def _cell_md(key: str, cell: dict[str, Any], meta: dict[str, Any], mechanisms: d
     L += ["", "Ablation (one mechanism per row; each against static r over tasks):", "", "| variant | mechanism | diff vs static r |",
           "|---|---|---|"]
     for m in methods:
-        if m in mechanisms:
-            c = cell["comparisons"].get("dynamic r - static r" if m == "dynamic" else f"{m} - static r (ablation)")
-            if c:
-                o = c["over_tasks"]
-                L.append(f"| {m} | {mechanisms[m]} | {verdict(o['mean'], o['ci95'][0], o['ci95'][1])} |")
+        c = cell["comparisons"].get("dynamic r - static r" if m == "dynamic" else f"{m} - static r (ablation)")
+        if c:
+            o = c["over_tasks"]
+            L.append(f"| {m} | {cell['mechanism'][m]} | {verdict(o['mean'], o['ci95'][0], o['ci95'][1])} |")
     if cell["rank_split"]:
         L += ["", "Where the rank went (mean final rank per adapted layer, over tasks and seeds):", ""]
         types = sorted({t for v in cell["rank_split"].values() for t in v["by_module_type"]})
@@ -69,7 +68,7 @@ def _cell_md(key: str, cell: dict[str, Any], meta: dict[str, Any], mechanisms: d
           "| method | lr | " + " | ".join(sorted({s['task'] for s in cell['sweep']})) + " |",
           "|---|---|" + "---|" * len({s['task'] for s in cell['sweep']})]
     sweep_tasks = sorted({s["task"] for s in cell["sweep"]})
-    for m in methods:
+    for m in sorted({s["method"] for s in cell["sweep"]}, key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER)):
         for lr in sorted({s["lr"] for s in cell["sweep"] if s["method"] == m}):
             vals = {s["task"]: s["val"] for s in cell["sweep"] if s["method"] == m and s["lr"] == lr}
             L.append(f"| {m} | {lr:g} | " + " | ".join(f"{vals[t]:.2f}" if t in vals else "" for t in sweep_tasks) + " |")
@@ -98,19 +97,48 @@ def targets_lines(report: dict[str, Any]) -> list[str]:
     return L + [""]
 
 
-def render_markdown(report: dict[str, Any], mechanisms: dict[str, str]) -> str:
+def data_lines(report: dict[str, Any]) -> list[str]:
+    tasks = report.get("tasks") or {}
+    if not tasks:
+        return []
+    L = ["## Data", "", "Every method reads the same files (benchmarks/rank_study_data.py): the first n_train examples of "
+         "the loader's seeded training split, the next n_val for the learning-rate sweep, the first n_eval of its "
+         "evaluation split.", "", "| task | kind | problem | n_train | n_val | n_eval | source |", "|---|---|---|---|---|---|---|"]
+    for t, m in sorted(tasks.items()):
+        L.append(f"| {t} | {m['kind']} | {m['problem']} | {m['n_train']} | {m['n_val']} | {m['n_eval']} | {m['source']} |")
+    return L + [""]
+
+
+def timing_lines(report: dict[str, Any]) -> list[str]:
+    t = report.get("timing")
+    if not t:
+        return []
+    a = t["args"]
+    L = ["## Step time (benchmarks/rank_study_timing.py)", "",
+         f"Interleaved rounds on the same fixed batches ({a['task']}, batch 16, <= 64 tokens, average rank {a['rank']}, "
+         f"targets {a['targets']}, {a['threads']} threads, {a['rounds']} rounds x {a['steps']} steps after a warm-up round; "
+         "reallocations happen inside the timed window).", "", "| method | median step (ms) | vs static | live budget at the end |",
+         "|---|---|---|---|"]
+    for m, v in t["median_s"].items():
+        L.append(f"| {m} | {1000 * v:.1f} | {t['ratio_to_static'].get(m, float('nan')):.3f}x | {t['live_budget'][m]} |")
+    return L + [""]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     s = report["summary"]
     L = ["# Rank study: dynamic LoRA vs static LoRA at equal live budget", "",
          f"Generated from {report['n_cached_runs']} cached runs (benchmarks/results/rank_study_runs/). Machine: "
-         f"{env.get('cpu', '?')}, {env.get('cpus', '?')} CPUs, torch {env.get('packages', {}).get('torch', '?')}, "
-         f"peft {env.get('packages', {}).get('peft', '?')}; every run used 1 torch thread (2 runs in parallel).",
+         f"{env.get('cpu', '?')}, {env.get('logical_cores', '?')} cores, {env.get('ram_gb', 0):.0f} GiB, torch "
+         f"{env.get('versions', {}).get('torch', '?')}, transformers {env.get('versions', {}).get('transformers', '?')}, "
+         f"peft {env.get('versions', {}).get('peft', '?')}; every run used 1 torch thread (2 runs in parallel).",
          "", f"Tasks: {', '.join(s['tasks'])}. Seeds: {s['seeds']}. Budgets (average rank): {s['budgets']}.",
          "", "Regenerate: see the docstring of benchmarks/rank_study.py (`--report-only` rebuilds this file from the cache).", ""]
     L += targets_lines(report)
+    L += data_lines(report) + timing_lines(report)
     L += ["![Pareto: metric vs live trainable parameters](rank_study.png)", ""]
     for key in sorted(report["cells"]):
-        L += _cell_md(key, report["cells"][key], report["cell_meta"][key], mechanisms)
+        L += _cell_md(key, report["cells"][key], report["cell_meta"][key])
     return "\n".join(L) + "\n"
 
 

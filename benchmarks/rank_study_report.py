@@ -26,16 +26,27 @@ COMPARISONS = (
     ("static 2r - static r (what doubling the rank buys)", "static-2r", "static"),
     ("PEFT AdaLoRA r - static r", "peft-adalora", "static"),
 )
-MECHANISMS = {
-    "dynamic": "default: reallocation from sensitivity + input complexity (50/50), min rank 1, max 2r",
-    "dyn-mix": "sensitivity + input complexity (50/50) (the pre-study default)",
-    "dyn-sens": "sensitivity only (input statistics off)",
-    "dyn-sens-r0": "sensitivity only, rank 0 allowed (a projection can be switched off), max 4r",
-    "dyn-sens-prune": "sensitivity only, budget starts at 1.5x and is pruned to the target (cubic), AdaLoRA-style",
-}
+ABLATIONS = ("dyn-mix", "dyn-sens", "dyn-sens-r0", "dyn-sens-prune")  # one mechanism each, against static r
 MODULE_TYPES = (("attention.self.query", "query"), ("attention.self.key", "key"), ("attention.self.value", "value"),
                 ("attention.output.dense", "attn-out"), ("intermediate.dense", "ffn-in"), ("output.dense", "ffn-out"),
                 ("pooler.dense", "pooler"))
+
+
+def describe(cfg: dict[str, Any]) -> str:
+    """What a run's rank dynamics were, read from its own resolved configuration (not from today's defaults)."""
+    if cfg["kind"] != "ours":
+        return {"peft-lora": "PEFT LoRA", "peft-adalora": "PEFT AdaLoRA (SVD form, init 1.5x, pruned)"}.get(cfg["kind"], cfg["kind"])
+    d, lo = cfg["dynamic"], cfg["lora"]
+    if not d["reallocate"] and d["input_adaptive"] == "off":
+        return f"static rank {lo['rank']}"
+    w = d["input_weight"] if d["input_adaptive"] != "off" else 0.0
+    what = (f"sensitivity + input complexity ({100 * (1 - w):.0f}/{100 * w:.0f})" if w > 0 else "sensitivity only")
+    out = f"reallocation from {what}, min rank {lo['min_rank']}, max {lo['max_rank'] or 2 * lo['rank']}"
+    if d["input_adaptive"] == "per-example":
+        out += ", per-example rank"
+    if d.get("budget_start", 1.0) > 1.0:
+        out += f", budget starts at {d['budget_start']:g}x and is pruned to the target (cubic)"
+    return out
 
 
 def score(record: dict[str, Any]) -> float:
@@ -109,7 +120,7 @@ def cell_tables(records: list[dict[str, Any]]) -> dict[str, Any]:
     per_task = {m: {t: {"mean": statistics.fmean(d.values()), "sd": statistics.stdev(d.values()) if len(d) > 1 else 0.0,
                         "n": len(d), "seeds": d} for t, d in tm.items()} for m, tm in scores.items()}
     comps = {}
-    rows = list(COMPARISONS) + [(f"{m} - static r (ablation)", m, "static") for m in MECHANISMS if m != "dynamic" and m in scores]
+    rows = list(COMPARISONS) + [(f"{m} - static r (ablation)", m, "static") for m in ABLATIONS if m in scores]
     for label, a, b in rows:
         if a not in scores or b not in scores:
             continue
@@ -120,7 +131,8 @@ def cell_tables(records: list[dict[str, Any]]) -> dict[str, Any]:
                         "over_tasks": over_tasks({t: v for t, v in d.items() if v})}
     sweep = [{"method": r["config"]["method"], "task": r["config"]["task"], "lr": r["config"]["lr"], "val": score(r)}
              for r in records if r["config"]["split"] == "val"]
-    return {"lrs": chosen, "sweep": sweep, "tasks": tasks, "per_task": per_task, "comparisons": comps,
+    mechanism = {r["config"]["method"]: describe(r["config"]) for r in evals}
+    return {"lrs": chosen, "sweep": sweep, "mechanism": mechanism, "tasks": tasks, "per_task": per_task, "comparisons": comps,
             "live_params": {m: round(statistics.fmean(v)) for m, v in params.items()},
             "mean_over_tasks": {m: statistics.fmean(v["mean"] for v in tm.values()) for m, tm in per_task.items()},
             "rank_split": {m: rank_split([r for r in evals if r["config"]["method"] == m])
@@ -159,8 +171,10 @@ def write(out: Path, cache: Path) -> dict[str, Any]:
     meta = {k: {"budget": v[0]["config"]["budget"], "targets": v[0]["config"]["targets"], "regime": v[0]["config"]["regime"],
                 "settings": {x: v[0]["config"][x] for x in ("model", "batch", "max_length")}} for k, v in groups.items()}
     cells = {k: cell_tables(v) for k, v in groups.items()}
+    extra = {name: json.loads((out / f"rank_study_{name}.json").read_text())
+             for name in ("tasks", "timing") if (out / f"rank_study_{name}.json").is_file()}
     report = {"environment": _environment(), "n_cached_runs": len(records), "cells": cells, "cell_meta": meta,
-              "summary": summarize(cells, meta)}
+              "summary": summarize(cells, meta), **extra}
     write_json(out / "rank_study.json", report)
     write_text(out / "rank_study.md", render(report))
     _plot(report, out / "rank_study.png")
@@ -182,7 +196,7 @@ def _fmt(x: float | None, nd: int = 2, sign: bool = True) -> str:
 def render(report: dict[str, Any]) -> str:
     from rank_study_render import render_markdown
 
-    return render_markdown(report, MECHANISMS)
+    return render_markdown(report)
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:

@@ -169,7 +169,7 @@ class TrainConfig:
     epochs: float = field(default=1.0, metadata={"help": "passes over the training split"})
     batch_size: int = field(default=16, metadata={"help": "global examples per optimizer step"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    lr: float = field(default=5e-4, metadata={"help": "peak learning rate (AdamW)"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW); see the README on how it was chosen"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     warmup_ratio: float = field(default=0.06, metadata={"help": "linear LR warm-up share of steps"})
     max_length: int = field(default=64, metadata={"help": "tokens per example (truncation)"})

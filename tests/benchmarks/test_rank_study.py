@@ -20,7 +20,10 @@ from rank_study_stats import mean_ci95, over_tasks, paired_diffs, verdict  # noq
 def _rec(method: str, task: str, split: str, lr: float, seed: int, acc: float, rank: int = 2, lr_from: str | None = None):
     return {"config": {"cell": "r2-all-epochs", "budget": 2, "targets": ["query", "key", "value", "dense"],
                        "regime": {"epochs": 3.0}, "model": "minilm", "batch": 16, "max_length": 64, "method": method,
-                       "task": task, "split": split, "lr": lr, "seed": seed, "rank": rank, "lr_from": lr_from},
+                       "task": task, "split": split, "lr": lr, "seed": seed, "rank": rank, "lr_from": lr_from, "kind": "ours",
+                       "lora": {"rank": rank, "min_rank": 1, "max_rank": None},
+                       "dynamic": {"reallocate": not method.startswith("static"), "budget_start": 1.0, "input_weight": 0.5,
+                                   "input_adaptive": "off" if method.startswith(("static", "dyn-sens")) else "layer"}},
             "result": {"metrics": {"accuracy": acc}, "live_params": 1000 * rank,
                        "ranks": {"bert.encoder.layer.0.attention.self.query": rank, "bert.encoder.layer.1.output.dense": rank}}}
 
@@ -76,6 +79,8 @@ def test_cell_tables_summary_and_files(tmp_path: Path) -> None:
     assert out["summary"]["per_budget"]["2"]["ci95"][0] == pytest.approx(2.0)  # identical per-task means: zero width
     md = (tmp_path / "rank_study.md").read_text()
     assert "dynamic r - static r" in md and "## Against the targets" in md
+    assert cell["mechanism"]["dyn-sens"] == "reallocation from sensitivity only, min rank 1, max 4"
+    assert cell["mechanism"]["dynamic"].startswith("reallocation from sensitivity + input complexity (50/50)")
     assert (tmp_path / "rank_study.png").read_bytes()[:4] == b"\x89PNG"
 
 

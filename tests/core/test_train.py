@@ -45,6 +45,9 @@ def test_cli_train_writes_every_output(tiny_dirs, csv_data, tmp_path, capsys) ->
     assert "rank: 4" in cfg
     printed = capsys.readouterr().out
     assert "final rank per layer" in printed and "accuracy" in printed
+    n_layers = len(lines[-1]["ranks"])
+    assert f"live budget: {4 * n_layers} rank units over {n_layers} layers (average 4.00; target 4 x {n_layers}" in printed
+    assert "by module: " in printed and "by depth: " in printed
     png = (out / "allocation.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
