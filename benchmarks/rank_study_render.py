@@ -40,7 +40,8 @@ def _cell_md(key: str, cell: dict[str, Any], meta: dict[str, Any]) -> list[str]:
             v = cell["per_task"][m].get(t)
             row.append(f"{v['mean']:.2f} ± {v['sd']:.2f} (n={v['n']})" if v else "")
         L.append(f"| {t} | " + " | ".join(row) + " |")
-    L.append("| **mean over tasks** | " + " | ".join(f"**{cell['mean_over_tasks'][m]:.2f}**" for m in methods) + " |")
+    L.append(f"| **mean over the {len(cell['common_tasks'])} tasks all methods have** | "
+             + " | ".join(f"**{cell['mean_over_tasks'][m]:.2f}**" for m in methods) + " |")
     L.append("| live trainable params | " + " | ".join(f"{cell['live_params'][m]:,}" for m in methods) + " |")
     L.append("| learning rate (swept) | " + " | ".join(f"{cell['lrs'].get(m, float('nan')):g}" for m in methods) + " |")
     L += ["", "Seed-paired differences in points, mean and 95% CI (per task: t over seeds; over tasks: t over the "

@@ -111,11 +111,11 @@ def cell_tables(records: list[dict[str, Any]]) -> dict[str, Any]:
     chosen = {m: lrs.get(src or m) for m, src in lr_from.items()}
     evals = [r for r in records if r["config"]["split"] == "eval" and chosen.get(r["config"]["method"]) == r["config"]["lr"]]
     scores: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))  # method -> task -> seed
-    params: dict[str, list[int]] = defaultdict(list)
+    params: dict[str, list[tuple[str, int]]] = defaultdict(list)
     for r in evals:
         c = r["config"]
         scores[c["method"]][c["task"]][c["seed"]] = score(r)
-        params[c["method"]].append(r["result"]["live_params"])
+        params[c["method"]].append((c["task"], r["result"]["live_params"]))
     tasks = sorted({t for m in scores.values() for t in m})
     per_task = {m: {t: {"mean": statistics.fmean(d.values()), "sd": statistics.stdev(d.values()) if len(d) > 1 else 0.0,
                         "n": len(d), "seeds": d} for t, d in tm.items()} for m, tm in scores.items()}
@@ -132,9 +132,13 @@ def cell_tables(records: list[dict[str, Any]]) -> dict[str, Any]:
     sweep = [{"method": r["config"]["method"], "task": r["config"]["task"], "lr": r["config"]["lr"], "val": score(r)}
              for r in records if r["config"]["split"] == "val"]
     mechanism = {r["config"]["method"]: describe(r["config"]) for r in evals}
+    common = [t for t in tasks if all(t in tm for tm in per_task.values())]  # means compare like with like
     return {"lrs": chosen, "sweep": sweep, "mechanism": mechanism, "tasks": tasks, "per_task": per_task, "comparisons": comps,
-            "live_params": {m: round(statistics.fmean(v)) for m, v in params.items()},
-            "mean_over_tasks": {m: statistics.fmean(v["mean"] for v in tm.values()) for m, tm in per_task.items()},
+            "live_params": {m: round(statistics.fmean([p for t, p in v if t in common] or [p for _, p in v]))
+                            for m, v in params.items()},
+            "common_tasks": common,
+            "mean_over_tasks": {m: statistics.fmean(tm[t]["mean"] for t in common) if common else float("nan")
+                                for m, tm in per_task.items()},
             "rank_split": {m: rank_split([r for r in evals if r["config"]["method"] == m])
                            for m in scores if any(r["result"].get("ranks") for r in evals if r["config"]["method"] == m)},
             "seeds": sorted({s for tm in scores.values() for d in tm.values() for s in d})}
