@@ -32,7 +32,6 @@ import dataclasses
 import hashlib
 import json
 import multiprocessing
-import shutil
 import statistics
 import sys
 import tempfile
@@ -89,11 +88,22 @@ def _file_digest(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def ours_configs(method: str, budget: int, targets: str) -> tuple[Any, Any]:
+    """(LoRAConfig, DynamicConfig) of one of our methods at average rank `budget`."""
+    from dynalora.core.config import DynamicConfig, LoRAConfig
+
+    spec = METHODS[method]
+    rank = budget * spec.get("rank_mult", 1)
+    lora_extra = dict(spec.get("lora", {}))
+    mult = lora_extra.pop("max_rank_mult", None)
+    if mult:
+        lora_extra["max_rank"] = mult * rank
+    return LoRAConfig(rank=rank, target_modules=TARGETS[targets], **lora_extra), DynamicConfig(**spec["dynamic"])
+
+
 def run_config(cell: Cell, method: str, task: str, split: str, lr: float, seed: int, data: Path,
                settings: dict[str, Any]) -> dict[str, Any]:
     """The full configuration of one run: everything that can change its result."""
-    from dynalora.core.config import DynamicConfig, LoRAConfig
-
     spec = METHODS[method]
     rank = cell.rank * spec.get("rank_mult", 1)
     cfg: dict[str, Any] = {
@@ -103,13 +113,9 @@ def run_config(cell: Cell, method: str, task: str, split: str, lr: float, seed: 
         "regime": REGIMES[cell.regime], "lr": lr, "seed": seed, **settings,
     }
     if spec["kind"] == "ours":
-        lora_extra = dict(spec.get("lora", {}))
-        mult = lora_extra.pop("max_rank_mult", None)
-        if mult:
-            lora_extra["max_rank"] = mult * rank
-        lora = LoRAConfig(rank=rank, target_modules=TARGETS[cell.targets], **lora_extra)
+        lora, dynamic = ours_configs(method, cell.rank, cell.targets)
         cfg["lora"] = dataclasses.asdict(lora)
-        cfg["dynamic"] = dataclasses.asdict(DynamicConfig(**spec["dynamic"]))  # resolved: a default change re-runs
+        cfg["dynamic"] = dataclasses.asdict(dynamic)  # resolved: a default change re-runs
     elif spec["kind"] == "peft-adalora":
         cfg["peft"] = {"init_r": (3 * rank + 1) // 2, "target_r": rank, "lora_alpha": 16, "tinit_frac": 0.1,
                        "tfinal_frac": 0.2, "deltaT_frac": 0.05, "orth_reg_weight": 0.5}
@@ -274,7 +280,7 @@ def run_all(configs: list[dict[str, Any]], data: Path, jobs: int, label: str) ->
 def sweep_configs(cell: Cell, methods: list[str], tasks: list[str], data: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for method in methods:
-        for lr in LR_GRID[METHODS[method]["kind"] if METHODS[method]["kind"] != "ours" else "ours"]:
+        for lr in LR_GRID[METHODS[method]["kind"]]:
             out += [run_config(cell, method, t, "val", lr, 0, data, settings) for t in tasks]
     return out
 

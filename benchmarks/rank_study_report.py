@@ -7,14 +7,12 @@ cell, see `best_lrs`) enter the tables; differences are seed-paired (rank_study_
 from __future__ import annotations
 
 import json
-import math
-import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from rank_study_stats import mean_ci95, over_tasks, paired_diffs, verdict
+from rank_study_stats import mean_ci95, over_tasks, paired_diffs
 
 BASELINE = "static"
 # (row label, method, against)
@@ -27,10 +25,6 @@ COMPARISONS = (
     ("PEFT AdaLoRA r - static r", "peft-adalora", "static"),
 )
 ABLATIONS = ("dyn-mix", "dyn-sens", "dyn-sens-r0", "dyn-sens-prune")  # one mechanism each, against static r
-MODULE_TYPES = (("attention.self.query", "query"), ("attention.self.key", "key"), ("attention.self.value", "value"),
-                ("attention.output.dense", "attn-out"), ("intermediate.dense", "ffn-in"), ("output.dense", "ffn-out"),
-                ("pooler.dense", "pooler"))
-
 
 def describe(cfg: dict[str, Any]) -> str:
     """What a run's rank dynamics were, read from its own resolved configuration (not from today's defaults)."""
@@ -72,36 +66,20 @@ def load_cache(cache: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(cache.glob("*.json"))]
 
 
-def module_type(name: str) -> str:
-    for suffix, label in MODULE_TYPES:
-        if name.endswith(suffix):
-            return label
-    return name.rsplit(".", 1)[-1]
-
-
-def layer_index(name: str) -> int | None:
-    m = re.search(r"\.layers?\.(\d+)\.", name)
-    return int(m.group(1)) if m else None
-
-
 def rank_split(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean final rank per module type and per layer depth over a method's runs (tasks x seeds)."""
+    """Mean final rank per module type and per depth over a method's runs (tasks x seeds), via core/budget.py."""
+    from dynalora.core.budget import split
+
     by_type: dict[str, list[float]] = defaultdict(list)
     by_layer: dict[str, list[float]] = defaultdict(list)
     for r in records:
-        ranks = r["result"].get("ranks") or {}
-        t_sum: dict[str, list[int]] = defaultdict(list)
-        l_sum: dict[str, list[int]] = defaultdict(list)
-        for n, k in ranks.items():
-            t_sum[module_type(n)].append(k)
-            li = layer_index(n)
-            l_sum["pooler" if li is None else str(li)].append(k)
-        for t, ks in t_sum.items():
-            by_type[t].append(statistics.fmean(ks))
-        for li, ks in l_sum.items():
-            by_layer[li].append(statistics.fmean(ks))
+        s = split(r["result"].get("ranks") or {})
+        for t, v in s["by_type"].items():
+            by_type[t].append(v)
+        for d, v in s["by_depth"].items():
+            by_layer[d].append(v)
     return {"by_module_type": {t: round(statistics.fmean(v), 2) for t, v in by_type.items()},
-            "by_layer": {li: round(statistics.fmean(v), 2) for li, v in sorted(by_layer.items(), key=lambda kv: (not kv[0].isdigit(), kv[0].zfill(3)))}}
+            "by_layer": {d: round(statistics.fmean(v), 2) for d, v in by_layer.items()}}
 
 
 def cell_tables(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -189,12 +167,6 @@ def _environment() -> dict[str, Any]:
     from dynalora.edge_runtime.envinfo import PACKAGES, environment
 
     return environment((*PACKAGES, "peft"))
-
-
-def _fmt(x: float | None, nd: int = 2, sign: bool = True) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{x:+.{nd}f}" if sign else f"{x:.{nd}f}"
 
 
 def render(report: dict[str, Any]) -> str:

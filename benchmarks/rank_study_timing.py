@@ -23,22 +23,17 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rank_study import METHODS, TARGETS  # noqa: E402
+from rank_study import ours_configs  # noqa: E402
 
 
 def build(method: str, rank: int, targets: str, data_dir: Path, task: str, total: int) -> dict[str, Any]:
     from dynalora.core.batches import load_data
     from dynalora.core.build import build_model, build_optimizer
-    from dynalora.core.config import DynamicConfig, LoRAConfig, TrainConfig
+    from dynalora.core.config import TrainConfig
 
-    spec = METHODS[method]
-    r = rank * spec.get("rank_mult", 1)
-    lora_extra = dict(spec.get("lora", {}))
-    if lora_extra.pop("max_rank_mult", None):
-        lora_extra["max_rank"] = 4 * r
+    lora, dynamic = ours_configs(method, rank, targets)
     cfg = TrainConfig(task=None, train_file=str(data_dir / task / "train.jsonl"), eval_file=str(data_dir / task / "eval.jsonl"),
-                      out="-", steps=total, lr=3e-3, lora=LoRAConfig(rank=r, target_modules=TARGETS[targets], **lora_extra),
-                      dynamic=DynamicConfig(**spec["dynamic"]))
+                      out="-", steps=total, lr=3e-3, lora=lora, dynamic=dynamic)
     data = load_data(cfg)
     model, tok, ctrl, _ = build_model(cfg, data, total, torch.device("cpu"))
     opt, sched, _ = build_optimizer(model, cfg, total)
