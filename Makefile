@@ -19,8 +19,10 @@ $(VENV)/.torch: | $(BIN)/python
 	$(PIP) install -q $(TORCH)
 	@touch $@
 
+# `train` is the training stack (torch, transformers, optimum, Ray ...); a device needs only the default
+# install (`pip install dynalora`: the edge runtime), see README "Install on a device".
 $(VENV)/.project: pyproject.toml requirements/constraints.txt $(VENV)/.torch
-	$(PIP) install -q -c requirements/constraints.txt -e ".[dev]"
+	$(PIP) install -q -c requirements/constraints.txt -e ".[train,dev]"
 	@touch $@
 
 $(VENV)/.data: $(VENV)/.project

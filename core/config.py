@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dynalora.errors import ConfigError, not_utf8_message
 
 INPUT_ADAPTIVE_MODES = ("off", "layer", "per-example")
@@ -296,6 +294,8 @@ class TrainConfig:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ConfigError(f"config file {not_utf8_message(path, raw, exc)}") from None
+        import yaml  # local: `dynalora --help` builds train flags from this module on a runtime-only install
+
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
@@ -308,6 +308,8 @@ class TrainConfig:
             raise ConfigError(f"config file {path}: {exc}") from None
 
     def to_yaml(self) -> str:
+        import yaml
+
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 

@@ -41,6 +41,7 @@ import psutil
 
 from dynalora.atomic import write_json
 from dynalora.distributed.errors import ClusterError
+from dynalora.errors import TRAIN_INSTALL
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STATE_NAME = "dynalora_clusters.json"
@@ -77,7 +78,7 @@ def ray_executable() -> str:
         return str(here)
     found = shutil.which("ray")
     if found is None:
-        raise ClusterError("the `ray` command is not installed: pip install 'ray[default,train]'")
+        raise ClusterError(f"the `ray` command is not installed: `dynalora cluster` needs the training stack: {TRAIN_INSTALL}")
     return found
 
 

@@ -10,7 +10,8 @@
 Flags of `train` are generated from the TrainConfig / LoRAConfig / DynamicConfig dataclasses (dynalora/flags.py,
 which `fuse train` uses too), so flags, YAML and the Python API cannot drift apart. Precedence: flag > YAML > default.
 This module only dispatches: each package registers its own subcommands through `register(subparsers)`.
-A user error prints one line on stderr and exits with code 2.
+A user error prints one line on stderr and exits with code 2; so does a subcommand run on the runtime-only
+install (`pip install dynalora`) that needs the training stack (`pip install 'dynalora[train]'`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,15 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from dynalora.errors import DynaloraError
+from dynalora.errors import TRAIN_INSTALL, DynaloraError
 from dynalora.flags import add_dataclass_flags, dataclass_values
 
 NOT_CONFIG = ("func", "config_file", "command", "static")  # `train` arguments that are no TrainConfig field
+# Import names of the `train` extra (pyproject.toml). The runtime-only install (`pip install dynalora`) builds
+# every parser (registering imports none of these) and runs `bench`; a subcommand that imports one of them
+# there ends with one line naming the extra, not a traceback.
+TRAINING_STACK_MODULES = frozenset(("torch", "transformers", "peft", "safetensors", "accelerate", "onnx", "onnxscript",
+                                    "optimum", "ray", "yaml", "tqdm", "matplotlib"))
 
 
 def _train_parser(sub: Any) -> None:
@@ -146,6 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except FileExistsError as exc:
         print(f"dynalora: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in TRAINING_STACK_MODULES:
+            raise
+        print(f"dynalora: error: `dynalora {args.command}` needs the training stack ({missing} is not installed): "
+              f"{TRAIN_INSTALL}", file=sys.stderr)
         return 2
 
 

@@ -7,6 +7,10 @@ like any other exception. Programming errors stay ordinary exceptions with trace
 
 from __future__ import annotations
 
+# What a runtime-only install (`pip install dynalora`: onnxruntime, tokenizers, numpy, psutil) runs to get
+# training, export, fusion and the distributed launchers; every "needs the training stack" message names it.
+TRAIN_INSTALL = "pip install 'dynalora[train]'"
+
 
 class DynaloraError(Exception):
     """An error caused by the user's input; the message says what to change."""

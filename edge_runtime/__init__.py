@@ -4,8 +4,9 @@
     predictor = load("exports/rt", provider="cpu", threads=2)
     predictor.predict(["a gripping, funny film"])["labels"]
 
-`dynalora bench EXPORT ...` (see `bench.py`) times it in fresh subprocesses. Importing this package
-does not import torch or transformers; `load` pulls them in only when it needs a tokenizer or optimum.
+`dynalora bench EXPORT ...` (see `bench.py`) times it in fresh subprocesses. Nothing here imports torch,
+transformers or optimum: text goes through the export's tokenizer.json (`tokenizer.py`), so the runtime-only
+install (`pip install dynalora`: onnxruntime, tokenizers, numpy, psutil) runs every call above.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ __all__ = ["load"]
 
 
 def load(export_dir: Any, provider: str | None = None, threads: int | None = None, profile: Any = None,
-         allow_fallback: bool = False, verify: bool = True, eager_tokenizer: bool = True) -> Predictor:
+         allow_fallback: bool = False, verify: bool = True, eager_tokenizer: bool = True,
+         variant: str | None = None) -> Predictor:
     """Verify an export folder's checksums and load it; see `dynalora.edge_runtime.predictor.load`."""
     from dynalora.edge_runtime.predictor import load as _load
 
     return _load(export_dir, provider=provider, threads=threads, profile=profile, allow_fallback=allow_fallback,
-                 verify=verify, eager_tokenizer=eager_tokenizer)
+                 verify=verify, eager_tokenizer=eager_tokenizer, variant=variant)

@@ -8,11 +8,14 @@ checksums, providers, output files) so that nothing runs on bad input; validate 
 against the PyTorch weights in EXPORT/torch with --compare-torch, otherwise finite outputs plus the
 manifest's export-time verification); then time each configuration in a fresh subprocess
 (`bench_worker`) so its peak RSS is its own. Records keep raw floats; only `markdown_table` formats.
+The runtime-only install (`pip install dynalora`) runs everything here but --compare-torch (torch,
+transformers) and --plot (matplotlib), which ask for the `train` extra in one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -26,10 +29,13 @@ from typing import Any
 import numpy as np
 
 from dynalora.atomic import atomic_path, write_json
+from dynalora.errors import TRAIN_INSTALL
 from dynalora.edge_runtime.bench_worker import BenchError, OnnxEngine, TorchEngine
 from dynalora.edge_runtime.envinfo import environment
 from dynalora.edge_runtime.manifest import Manifest, read_manifest, verify_checksums
+from dynalora.edge_runtime.predictor import max_positions, model_variant
 from dynalora.edge_runtime.providers import canonical_provider, get_profile, resolve_providers
+from dynalora.edge_runtime.tokenizer import load_tokenizer
 from dynalora.edge_runtime.tolerances import BENCH_PARITY_ATOL
 
 SAMPLE_SENTENCES = (
@@ -111,18 +117,30 @@ def synthetic_batch(tokenizer: Any, batch: int, seq: int) -> dict[str, np.ndarra
     return arrays
 
 
-def _max_positions(folder: Path) -> int | None:
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if (folder / "config.json").is_file() else {}
-    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
-        if key in config:
-            return int(config[key])
-    return None
+def require_training_stack(flag: str, modules: Sequence[str]) -> None:
+    """--compare-torch / --plot need packages of the `train` extra; the runtime-only install has none of them."""
+    absent = [m for m in modules if importlib.util.find_spec(m) is None]
+    if absent:
+        raise BenchError(f"{flag} needs {' and '.join(absent)}, which the runtime-only install does not include: "
+                         f"{TRAIN_INSTALL}, or drop {flag}")
+
+
+def _progress(items: Sequence[Any], enabled: bool) -> Any:
+    """A tqdm progress bar on stderr where tqdm is installed (the `train` extra); no bar without it."""
+    if enabled:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return items
+        return tqdm(items, desc="bench", unit="config", file=sys.stderr)
+    return items
 
 
 def validate(folder: Path, manifest: Manifest, provider: str, arrays: dict[str, np.ndarray], compare_torch: bool,
-             threads: int, allow_fallback: bool, adapter: str | None = None) -> dict[str, Any]:
+             threads: int, allow_fallback: bool, adapter: str | None = None, variant: str | None = None,
+             ) -> dict[str, Any]:
     """Check numerics before timing: onnxruntime vs torch, or finiteness + the export-time verification."""
-    ort_logits = OnnxEngine(folder, provider, threads, None, allow_fallback, adapter).forward(arrays)()
+    ort_logits = OnnxEngine(folder, provider, threads, None, allow_fallback, adapter, variant).forward(arrays)()
     finite = bool(np.all(np.isfinite(ort_logits)))
     if not finite:
         raise BenchError(f"onnxruntime ({provider}) produced NaN/inf on the synthetic batch; re-export the model")
@@ -169,8 +187,12 @@ def run_bench(export_dir: str | os.PathLike[str], providers: Sequence[str] | Non
               threads: Sequence[int] = (1,), batches: Sequence[int] = (1,), seqs: Sequence[int] = (32,),
               compare_torch: bool = False, repeats: int = 20, warmup: int = 3, *, allow_fallback: bool = False,
               profile: str | None = None, decode_tokens: int = 32, adapter: str | None = None,
-              timeout_s: float = 600.0, progress: bool = True) -> dict[str, Any]:
-    """Benchmark an export folder; returns {"environment", "settings", "validation", "records"}.
+              timeout_s: float = 600.0, progress: bool = True, variant: str | None = None) -> dict[str, Any]:
+    """Benchmark an export folder; returns {"environment", "settings", "validation", "records", "device_eps"}.
+
+    variant: which graph of the folder (onnx, ort, fixed, fixed-ort: see edge_runtime.load); a fixed-shape graph
+    takes exactly its batch x sequence. profile: a device profile; one with a memory cap (mobile-cpu) marks each
+    record `within_memory_cap` (bench_main exits 1 if one is not).
 
     providers: names like "cpu" / "cuda" (None = the best available). One record per (engine,
     provider, threads, batch, seq); with compare_torch also a torch record per (threads, batch, seq),
@@ -180,10 +202,12 @@ def run_bench(export_dir: str | os.PathLike[str], providers: Sequence[str] | Non
     threads, batches, seqs = (parse_int_list(threads, "--threads"), parse_int_list(batches, "--batch"),
                               parse_int_list(seqs, "--seq"))
     check_arguments(threads, batches, seqs, repeats, warmup, decode_tokens, profile, timeout_s)
+    if compare_torch:
+        require_training_stack("--compare-torch", ("torch", "transformers"))
     manifest = read_manifest(folder)
     verify_checksums(folder, manifest)
     chosen = list(dict.fromkeys(resolve_providers(p, allow_fallback)[0] for p in (providers or [None])))
-    limit = _max_positions(folder)
+    limit = max_positions(folder)
     extra = decode_tokens if manifest.problem == "causal-lm" else 0
     if limit is not None and max(seqs) + extra > limit:
         raise BenchError(f"--seq {max(seqs)}{f' + {extra} decode tokens' if extra else ''} exceeds the model's "
@@ -193,11 +217,14 @@ def run_bench(export_dir: str | os.PathLike[str], providers: Sequence[str] | Non
                          "`dynalora export` for merged exports); re-export or drop --compare-torch")
     if adapter is not None and adapter not in manifest.adapters:
         raise BenchError(f"unknown adapter {adapter!r}; this export has: {', '.join(manifest.adapters) or 'none'}")
+    fixed = model_variant(folder, manifest, variant)[1]  # RuntimeLoadError (one line) for a variant it lacks
+    if fixed is not None and (batches != [fixed[0]] or seqs != [fixed[1]]):
+        raise BenchError(f"the {variant} graph takes exactly batch {fixed[0]} x {fixed[1]} tokens; pass --batch "
+                         f"{fixed[0]} --seq {fixed[1]} (or leave both out)")
+    if compare_torch and variant not in (None, "onnx") and manifest.kind != "merged":
+        raise BenchError("--compare-torch needs a merged export")
 
-    from tqdm import tqdm
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    tokenizer = load_tokenizer(folder)  # tokenizer.json through `tokenizers`: no transformers on a device
     special = tokenizer.num_special_tokens_to_add()
     if min(seqs) <= special:
         raise BenchError(f"--seq {min(seqs)} leaves no room for text: the tokenizer adds {special} special tokens; "
@@ -212,14 +239,14 @@ def run_bench(export_dir: str | os.PathLike[str], providers: Sequence[str] | Non
                 inputs[(b, s)] = str(Path(tmp) / f"inputs_b{b}_s{s}.npz")
                 np.savez(inputs[(b, s)], **synthetic_batch(tokenizer, b, s))
         small = dict(np.load(inputs[(min(batches), min(seqs))]))
-        validation = [validate(folder, manifest, p, small, compare_torch, threads[0], allow_fallback, adapter)
-                      for p in chosen]
-        for engine, provider, t, b, s in tqdm(configs, desc="bench", unit="config", file=sys.stderr,
-                                              disable=not progress):
+        validation = [validate(folder, manifest, p, small, compare_torch, threads[0], allow_fallback, adapter,
+                               variant) for p in chosen]
+        for engine, provider, t, b, s in _progress(configs, progress):
             spec = {"export": str(folder.resolve()), "engine": engine, "provider": provider, "threads": t,
                     "batch": b, "seq": s, "inputs": inputs[(b, s)], "repeats": repeats, "warmup": warmup,
                     "allow_fallback": allow_fallback, "profile": profile, "decode_tokens": decode_tokens,
-                    "adapter": adapter if engine == "onnxruntime" else None, "device": "cpu"}
+                    "adapter": adapter if engine == "onnxruntime" else None, "device": "cpu",
+                    "variant": variant if engine == "onnxruntime" else None}
             records.append(_run_worker(spec, timeout_s))
     torch_p50 = {(r["threads"], r["batch"], r["seq"]): r["latency_ms"]["p50"] for r in records if r["engine"] == "torch"}
     for r in records:
@@ -229,25 +256,64 @@ def run_bench(export_dir: str | os.PathLike[str], providers: Sequence[str] | Non
     settings = {"export": str(folder.resolve()), "providers": chosen, "threads": threads, "batches": batches,
                 "seqs": seqs, "compare_torch": compare_torch, "repeats": repeats, "warmup": warmup,
                 "profile": profile, "decode_tokens": decode_tokens if manifest.problem == "causal-lm" else None,
-                "adapter": adapter, "kind": manifest.kind, "problem": manifest.problem, "precision": manifest.precision}
-    return {"environment": environment(), "settings": settings, "validation": validation, "records": records}
+                "adapter": adapter, "kind": manifest.kind, "problem": manifest.problem, "precision": manifest.precision,
+                "variant": variant or "onnx"}
+    cap = get_profile(profile).memory_cap_mb if profile else None
+    if cap is not None:
+        settings["memory_cap_mb"] = cap
+        for r in records:
+            if r["engine"] == "onnxruntime":
+                r["memory_cap_mb"], r["within_memory_cap"] = cap, r["peak_rss_mb"] <= cap
+    return {"environment": environment(), "settings": settings, "validation": validation, "records": records,
+            "device_eps": device_eps(manifest)}
+
+
+def device_eps(manifest: Manifest) -> dict[str, Any]:
+    """Which execution providers a phone would give this graph, from the export's mobile package (onnxruntime's
+    usability checker, run at export time: see export/mobile_report.py); CPU where there is no package."""
+    mobile = manifest.raw.get("mobile")
+    if not mobile:
+        return {"source": None, "would_use": ["CPUExecutionProvider"],
+                "note": "no mobile package: export with --target android|ios to see NNAPI / CoreML coverage"}
+    graph = "mobile/model.fixed.onnx" if "fixed" in mobile else "model.onnx"
+    coverage = mobile.get("coverage", {}).get(graph, {})
+    would = [ep for ep, c in coverage.items() if c.get("suitability") in ("YES", "MAYBE")]
+    return {"source": mobile["report"], "target": mobile["target"], "graph": graph,
+            "would_use": [*would, "CPUExecutionProvider"], "coverage": coverage}
+
+
+def device_eps_line(result: dict[str, Any]) -> str:
+    eps = result.get("device_eps") or {}
+    if not eps.get("source"):
+        return f"device EPs: CPU only ({eps.get('note', 'no mobile package')})"
+    parts = [f"{ep} {100 * c['node_share']:.0f}% of nodes, {c['partitions']} partition(s): {c['suitability']}"
+             for ep, c in eps["coverage"].items()]
+    return (f"device EPs for {eps['graph']} ({eps['target']}): would use {' + '.join(eps['would_use'])}; "
+            + "; ".join(parts))
 
 
 def markdown_table(result: dict[str, Any]) -> str:
     """One row per configuration; the only place numbers are formatted."""
     records = result["records"]
     causal = any("prefill_ms" in r for r in records)
-    head = ["engine", "provider", "threads", "batch", "seq", "p50 ms", "p90 ms", "mean ms", "examples/s",
-            "load s", "peak RSS MB", "model MB"]
+    head = ["engine", "graph", "provider", "threads", "batch", "seq", "p50 ms", "p90 ms", "mean ms", "examples/s",
+            "load s", "first ms", "peak RSS MB", "model MB"]
+    capped = any("within_memory_cap" in r for r in records)
+    head += ["RSS cap"] if capped else []
     head += ["prefill ms", "decode tok/s"] if causal else []
     compared = any("speedup_vs_torch" in r for r in records)
     head += ["vs torch"] if compared else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         lat = r["latency_ms"]
-        row = [r["engine"], r["provider"].replace("ExecutionProvider", ""), str(r["threads"]), str(r["batch"]),
-               str(r["seq"]), f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['mean']:.2f}", f"{r['throughput']:.1f}",
-               f"{r['load_s']:.2f}", f"{r['peak_rss_mb']:.0f}", f"{r['model_mb']:.1f}"]
+        first = r.get("first_run_ms")
+        row = [r["engine"], r.get("variant") or "", r["provider"].replace("ExecutionProvider", ""), str(r["threads"]),
+               str(r["batch"]), str(r["seq"]), f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['mean']:.2f}",
+               f"{r['throughput']:.1f}", f"{r['load_s']:.2f}", "" if first is None else f"{first:.2f}",
+               f"{r['peak_rss_mb']:.0f}", f"{r['model_mb']:.1f}"]
+        if capped:
+            row.append("" if "within_memory_cap" not in r else
+                       f"{'ok' if r['within_memory_cap'] else 'OVER'} ({r['memory_cap_mb']:.0f})")
         if causal:
             row += [f"{r['prefill_ms']:.2f}" if "prefill_ms" in r else "", f"{r['decode_tokens_per_s']:.1f}"
                     if "decode_tokens_per_s" in r else ""]
@@ -259,6 +325,7 @@ def markdown_table(result: dict[str, Any]) -> str:
 
 def plot(result: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Bar chart of p50 latency per configuration with p10-p90 error bars, written atomically as PNG."""
+    require_training_stack("--plot", ("matplotlib",))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -292,9 +359,15 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-fallback", action="store_true",
                         help="run on CPU with a warning when a requested provider is unavailable")
     parser.add_argument("--profile", default=None, help="device profile, e.g. mobile-cpu, jetson-cuda")
-    parser.add_argument("--threads", default="1", help="comma-separated intra-op thread counts (default 1)")
-    parser.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1)")
-    parser.add_argument("--seq", default="32", help="comma-separated sequence lengths in tokens (default 32)")
+    parser.add_argument("--threads", default=None,
+                        help="comma-separated intra-op thread counts (default 1; the profile's, e.g. 1,2 for "
+                             "mobile-cpu)")
+    parser.add_argument("--variant", default=None, choices=("onnx", "ort", "fixed", "fixed-ort"),
+                        help="which graph of the export: model.onnx (default), or the mobile package's ORT-format "
+                             "model / fixed-shape graph (`dynalora export ... --target`)")
+    parser.add_argument("--batch", default=None, help="comma-separated batch sizes (default 1; a fixed-shape variant's own)")
+    parser.add_argument("--seq", default=None,
+                        help="comma-separated sequence lengths in tokens (default 32; a fixed-shape variant's own)")
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per configuration (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
     parser.add_argument("--decode-tokens", type=int, default=32, help="causal LMs: greedy tokens to decode (default 32)")
@@ -313,17 +386,37 @@ def bench_main(args: argparse.Namespace) -> int:
         check_output_path(flag, value, args.overwrite)
     if args.plot and not str(args.plot).lower().endswith(".png"):
         raise BenchError(f"--plot writes PNG: give a path ending in .png, not {args.plot!r}")
+    if args.plot:
+        require_training_stack("--plot", ("matplotlib",))  # before the benchmark runs, not after
     providers = [p for p in args.provider.split(",") if p.strip()] if args.provider else None
     for name in providers or []:
         canonical_provider(name)  # unknown names fail here, before the export is read
-    threads, batches, seqs = (parse_int_list(args.threads, "--threads"), parse_int_list(args.batch, "--batch"),
-                              parse_int_list(args.seq, "--seq"))
+    profile = get_profile(args.profile) if args.profile else None  # unknown profile: one line, before any work
+    thread_default = ",".join(map(str, profile.bench_threads)) if profile and profile.bench_threads else "1"
+    batch, seq = args.batch, args.seq
+    if args.variant in ("fixed", "fixed-ort") and (batch is None or seq is None):
+        from dynalora.edge_runtime.predictor import model_variant
+
+        fixed = model_variant(Path(args.export), read_manifest(args.export), args.variant)[1]
+        batch, seq = batch or str(fixed[0]), seq or str(fixed[1])
+    threads, batches, seqs = (parse_int_list(args.threads or thread_default, "--threads"),
+                              parse_int_list(batch or "1", "--batch"), parse_int_list(seq or "32", "--seq"))
     result = run_bench(args.export, providers, threads, batches, seqs, args.compare_torch,
                        args.repeats, args.warmup, allow_fallback=args.allow_fallback, profile=args.profile,
-                       decode_tokens=args.decode_tokens, adapter=args.adapter, timeout_s=args.timeout)
+                       decode_tokens=args.decode_tokens, adapter=args.adapter, timeout_s=args.timeout,
+                       variant=args.variant)
     print(markdown_table(result))
+    if result["device_eps"].get("source") or args.profile:  # a mobile package, or a device profile asked for
+        print(device_eps_line(result))
     if args.plot:  # the plot first: if it fails, no JSON claims a complete run
         plot(result, args.plot)
     if args.json:
         write_json(args.json, result)
+    over = [r for r in result["records"] if r.get("within_memory_cap") is False]
+    if over:
+        worst = max(over, key=lambda r: r["peak_rss_mb"])
+        print(f"dynalora bench: peak RSS {worst['peak_rss_mb']:.0f} MB (threads={worst['threads']} batch="
+              f"{worst['batch']} seq={worst['seq']}) exceeds the {args.profile} profile's cap of "
+              f"{worst['memory_cap_mb']:.0f} MB", file=sys.stderr)
+        return 1
     return 0

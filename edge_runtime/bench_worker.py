@@ -59,13 +59,15 @@ def current_rss_mb() -> float:
     return psutil.Process().memory_info().rss / 1024**2
 
 
-def model_size_mb(folder: Path, files: list[str], engine: str) -> float:
-    """Bytes on disk of what the engine loads: the ONNX graph + external data, or the torch/ weights."""
+def model_size_mb(folder: Path, model_file: Path | None, engine: str) -> float:
+    """Bytes on disk of what the engine loads: the graph file (.onnx or .ort) + its external data, or the torch/
+    weights."""
     if engine == "torch":
         paths = [p for p in (folder / "torch").rglob("*") if p.suffix in TORCH_WEIGHT_SUFFIXES]
     else:
-        paths = [folder / f for f in files if not f.startswith(("torch/", "adapters/"))
-                 and (f.endswith(".onnx") or ".onnx.data" in f or f.endswith(".onnx_data"))]
+        assert model_file is not None
+        paths = [model_file] + [p for p in model_file.parent.glob(model_file.name + ".data")]
+        paths += [p for p in model_file.parent.glob(model_file.name + "_data")]
     return sum(p.stat().st_size for p in paths) / 1024**2
 
 
@@ -75,12 +77,15 @@ class OnnxEngine:
     name = "onnxruntime"
 
     def __init__(self, folder: Path, provider: str, threads: int, profile: str | None, allow_fallback: bool,
-                 adapter: str | None = None) -> None:
-        from dynalora.edge_runtime.predictor import load
+                 adapter: str | None = None, variant: str | None = None) -> None:
+        from dynalora.edge_runtime.predictor import load, model_variant
 
-        # Checksums were verified once by the parent: re-hashing in every worker only costs time.
+        # Checksums were verified once by the parent: re-hashing in every worker only costs time. `trusted`
+        # keeps what verification would allow (replaying a Runtime-style .ort's saved optimisations).
         self.predictor = load(folder, provider=provider, threads=threads, profile=profile,
-                              allow_fallback=allow_fallback, verify=False, eager_tokenizer=False)
+                              allow_fallback=allow_fallback, verify=False, eager_tokenizer=False, variant=variant,
+                              trusted=True)
+        self.model_file = model_variant(folder, self.predictor.manifest, variant)[0]
         if adapter:
             self.predictor.use_adapter(adapter)
         self.load_s = self.predictor.load_seconds
@@ -170,9 +175,12 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
         engine: OnnxEngine | TorchEngine = TorchEngine(folder, problem, spec["threads"], spec.get("device", "cpu"))
     else:
         engine = OnnxEngine(folder, spec["provider"], spec["threads"], spec.get("profile"),
-                            spec.get("allow_fallback", False), spec.get("adapter"))
+                            spec.get("allow_fallback", False), spec.get("adapter"), spec.get("variant"))
     run = engine.forward(arrays)
+    t0 = time.perf_counter()
     first = run()
+    engine.sync()
+    first_run_ms = (time.perf_counter() - t0) * 1e3  # cold: the first inference after load (allocations, caches)
     if not np.all(np.isfinite(first)):
         raise BenchError(f"{engine.name} produced NaN/inf outputs on the synthetic batch; the export is broken")
     raw = time_calls(run, spec["warmup"], spec["repeats"], engine.sync)
@@ -183,7 +191,8 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
         "providers_used": engine.providers_used, "threads": spec["threads"], "batch": batch, "seq": spec["seq"],
         "profile": spec.get("profile"), "adapter": spec.get("adapter"),
         "latency_ms": latency, "throughput": batch / (latency["mean"] / 1e3), "load_s": engine.load_s,
-        "model_mb": model_size_mb(folder, list(manifest.get("files", {})), engine.name),
+        "first_run_ms": first_run_ms, "variant": spec.get("variant") or "onnx" if engine.name == "onnxruntime" else None,
+        "model_mb": model_size_mb(folder, getattr(engine, "model_file", None), engine.name),
         "precision": manifest.get("precision", "fp32"), "kind": manifest["kind"], "problem": problem,
         "repeats": spec["repeats"], "warmup": spec["warmup"], "rss_baseline_mb": rss_baseline,
     }

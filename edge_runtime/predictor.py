@@ -6,10 +6,11 @@
     p.use_adapter("sst2")                                     # kind == "adapters": native ORT LoRA
     load("exports/tiny-llama").generate("the movie", max_new_tokens=16)
 
-One InferenceSession per Predictor. `generate` wraps the folder in optimum's ORTModelForCausalLM on first
-use (the exporter writes optimum's KV-cache layout); its session then replaces the Predictor's, so
-there is still one. `greedy_decode` is our own KV-cache loop: the benchmark times prefill and decode
-with it, and `generate` uses it while a LoRA adapter is active (optimum cannot pass RunOptions).
+One InferenceSession per Predictor. Text goes through `EdgeTokenizer` (tokenizer.py: the folder's
+tokenizer.json run by the `tokenizers` library), so this module needs neither transformers nor torch: it
+runs on the runtime-only install (`pip install dynalora`). `greedy_decode` is our own KV-cache loop over
+the graph optimum's exporter writes: `generate` decodes with it (also with a LoRA adapter active, which
+optimum's ORTModel could not pass), and the benchmark times prefill and decode with it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
@@ -39,6 +40,9 @@ from dynalora.edge_runtime.providers import (
     session_options,
 )
 
+if TYPE_CHECKING:  # tokenizer.py imports RuntimeLoadError from here: loaded lazily by Predictor.tokenizer
+    from dynalora.edge_runtime.tokenizer import EdgeTokenizer
+
 
 class RuntimeLoadError(DynaloraError):
     """An export that cannot be loaded or run as asked (wrong task, missing adapter, bad input)."""
@@ -52,32 +56,27 @@ _ORT_LOAD_ERRORS = (_ort_c.Fail, _ort_c.InvalidGraph, _ort_c.InvalidProtobuf, _o
 class Predictor:
     """A loaded export. Build it with `load()`; attributes: manifest, providers, load_seconds."""
 
-    def __init__(self, folder: Path, manifest: Manifest, session: ort.InferenceSession, load_seconds: float,
-                 session_args: dict[str, Any]) -> None:
+    def __init__(self, folder: Path, manifest: Manifest, session: ort.InferenceSession, load_seconds: float) -> None:
         self.folder = folder
         self.manifest = manifest
         self.session = session
         self.load_seconds = load_seconds  # InferenceSession creation (checksums and tokenizer excluded)
-        self._session_args = session_args  # providers / options, to rebuild the session through optimum
-        self._tokenizer: Any = None
-        self._ort_model: Any = None  # optimum ORTModelForCausalLM, built by the first generate()
+        self._tokenizer: EdgeTokenizer | None = None
         self._adapters: dict[str, ort.LoraAdapter] = {}
         self._run_options: ort.RunOptions | None = None
         self.active_adapter: str | None = None
+        self.fixed_shape: tuple[int, int] | None = None  # (batch, sequence) of a fixed-shape mobile graph
+        self.variant = "onnx"  # which graph of the folder runs: onnx | ort | fixed | fixed-ort (see `load`)
         self.input_names = [i.name for i in session.get_inputs()]
         self.output_names = [o.name for o in session.get_outputs()]
 
     @property
-    def tokenizer(self) -> Any:
-        """The export's Hugging Face tokenizer, loaded on first use (it imports transformers)."""
+    def tokenizer(self) -> EdgeTokenizer:
+        """The export's tokenizer (tokenizer.json through the `tokenizers` library), loaded on first use."""
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
+            from dynalora.edge_runtime.tokenizer import load_tokenizer
 
-            try:
-                self._tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
-            except (OSError, ValueError) as exc:
-                raise RuntimeLoadError(f"cannot load the tokenizer from {self.folder} ({exc}); "
-                                       "re-export the model") from exc
+            self._tokenizer = load_tokenizer(self.folder)
         return self._tokenizer
 
     @property
@@ -140,7 +139,17 @@ class Predictor:
         """
         if self.manifest.problem == "causal-lm":
             raise RuntimeLoadError("this export is a causal LM: call generate(prompt) instead of predict()")
-        logits = self.run_raw(self.encode(texts))[self._output_index("logits")]
+        if self.fixed_shape is None:
+            logits = self.run_raw(self.encode(texts))[self._output_index("logits")]
+        else:  # a fixed-shape mobile graph: `batch` rows of exactly `sequence` tokens per run
+            batch, seq = self.fixed_shape
+            parts = []
+            for start in range(0, len(texts), batch):
+                chunk = list(texts[start : start + batch])
+                real = len(chunk)
+                chunk += [chunk[-1]] * (batch - real)  # fill the last run's rows; their outputs are dropped
+                parts.append(self.run_raw(self.encode(chunk, pad_to=seq))[self._output_index("logits")][:real])
+            logits = np.concatenate(parts, axis=0)
         logits = np.asarray(logits, dtype=np.float32)
         if self.manifest.problem == "regression":
             values = logits[:, 0] if logits.shape[-1] == 1 else logits
@@ -159,14 +168,14 @@ class Predictor:
                                    "use predict()")
         if max_new_tokens < 1:
             raise RuntimeLoadError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if self.active_adapter is not None:
-            # optimum cannot pass RunOptions, so an adapter decodes through our own KV-cache loop.
-            ids = self.encode([prompt])["input_ids"]
-            new = self.greedy_decode(ids, max_new_tokens, stop_at_eos=True)["tokens"][0]
-        else:
-            enc = self.tokenizer([prompt], return_tensors="pt")
-            out = self._optimum_model().generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
-            new = out[0, enc["input_ids"].shape[1]:].tolist()
+        ids = self.tokenizer([prompt])["input_ids"]  # (1, T): one prompt, no padding, no truncation
+        if ids.shape[1] == 0:
+            raise RuntimeLoadError("generate needs a prompt that tokenizes to at least one token; got an empty one")
+        limit = max_positions(self.folder)
+        if limit is not None and ids.shape[1] + max_new_tokens > limit:
+            raise RuntimeLoadError(f"the prompt ({ids.shape[1]} tokens) plus max_new_tokens={max_new_tokens} exceeds "
+                                   f"the model's {limit} positions; shorten the prompt or ask for fewer tokens")
+        new = self.greedy_decode(ids, max_new_tokens, stop_at_eos=True)["tokens"][0]
         return self.tokenizer.decode(new, skip_special_tokens=True)
 
     def greedy_decode(self, input_ids: np.ndarray, max_new_tokens: int, stop_at_eos: bool = False,
@@ -183,7 +192,7 @@ class Predictor:
         attention = np.ones((batch, length), dtype=np.int64)
         present_to_past = {o: o.replace("present", PAST_PREFIX, 1) for o in self.output_names
                            if o.startswith("present")}
-        eos = self._eos_token_id()
+        eos = np.array(sorted(self._eos_token_ids()), dtype=np.int64)
         tokens: list[np.ndarray] = []
         prefill_s = decode_s = 0.0
         position = length
@@ -202,7 +211,7 @@ class Predictor:
             by_name = dict(zip(self.output_names, outputs, strict=True))
             next_ids = by_name["logits"][:, -1, :].argmax(axis=-1).astype(np.int64)  # (B,)
             tokens.append(next_ids)
-            if stop_at_eos and eos is not None and bool(np.all(next_ids == eos)):
+            if stop_at_eos and eos.size and bool(np.all(np.isin(next_ids, eos))):
                 break
             for present, past in present_to_past.items():
                 feeds[past] = by_name[present]
@@ -212,32 +221,60 @@ class Predictor:
         return {"tokens": np.stack(tokens, axis=1), "prefill_s": prefill_s, "decode_s": decode_s,
                 "decode_steps": len(tokens) - 1}
 
-    def _eos_token_id(self) -> int | None:
+    def _eos_token_ids(self) -> set[int]:
+        """End-of-sequence ids as generation would use them: generation_config.json, else config.json (an
+        int or a list, as transformers' generate accepts)."""
         for name in ("generation_config.json", "config.json"):
             path = self.folder / name
             if path.is_file():
                 eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
                 if eos is not None:
-                    return eos[0] if isinstance(eos, list) else int(eos)
-        return None
-
-    def _optimum_model(self) -> Any:
-        """optimum's ORTModelForCausalLM on this folder; its session replaces ours (one session only)."""
-        if self._ort_model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # an edge runtime never reaches for the hub
-            from optimum.onnxruntime import ORTModelForCausalLM
-
-            try:
-                self._ort_model = ORTModelForCausalLM.from_pretrained(
-                    self.folder, file_name=self.manifest.model_file, use_cache=True, local_files_only=True,
-                    use_io_binding=False, **self._session_args)
-            except (*_ORT_LOAD_ERRORS, OSError) as exc:
-                raise RuntimeLoadError(f"optimum could not load {self.folder}: {str(exc).splitlines()[0]}") from exc
-            self.session = self._ort_model.session
-        return self._ort_model
+                    return {int(e) for e in eos} if isinstance(eos, list) else {int(eos)}
+        return set()
 
     def _output_index(self, name: str) -> int:
         return self.output_names.index(name) if name in self.output_names else 0
+
+
+def max_positions(folder: Path) -> int | None:
+    """The model's position limit from the export's config.json (None when it records none)."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        if key in config:
+            return int(config[key])
+    return None
+
+
+VARIANTS = ("onnx", "ort", "fixed", "fixed-ort")
+
+
+def model_variant(folder: Path, manifest: Manifest, variant: str | None) -> tuple[Path, tuple[int, int] | None, bool]:
+    """(model file, fixed (batch, sequence) or None, replay saved runtime optimisations) of a graph variant.
+
+    onnx: model.onnx; ort: the mobile package's ORT-format model; fixed / fixed-ort: its fixed-shape graph
+    (android / ios packages, written by `dynalora export ... --target`)."""
+    if variant in (None, "onnx"):
+        return folder / manifest.model_file, None, False
+    if variant not in VARIANTS:
+        raise RuntimeLoadError(f"unknown model variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    mobile = manifest.raw.get("mobile")
+    if not mobile:
+        raise RuntimeLoadError(f"{folder} has no mobile package (variant {variant!r}); re-export with "
+                               "--target android|ios|generic")
+    replay = mobile.get("optimization_style") == "Runtime"
+    if variant == "ort":
+        rel = mobile["ort_model"]
+        fixed = None
+    else:
+        if "fixed" not in mobile:
+            raise RuntimeLoadError(f"{folder}'s mobile package (target {mobile.get('target')!r}) has no fixed-shape "
+                                   "graph; re-export with --target android or ios")
+        rel = mobile["fixed"]["ort" if variant == "fixed-ort" else "onnx"]
+        fixed = (int(mobile["fixed"]["batch"]), int(mobile["fixed"]["sequence"]))
+    if rel not in manifest.files:
+        raise RuntimeLoadError(f"{folder}/manifest.json does not list {rel}; re-export the model")
+    return folder / rel, fixed, replay and rel.endswith(".ort")
 
 
 def _resolve_profile(profile: str | DeviceProfile | None) -> DeviceProfile | None:
@@ -246,14 +283,19 @@ def _resolve_profile(profile: str | DeviceProfile | None) -> DeviceProfile | Non
 
 def load(export_dir: str | os.PathLike[str], provider: str | None = None, threads: int | None = None,
          profile: str | DeviceProfile | None = None, allow_fallback: bool = False, verify: bool = True,
-         eager_tokenizer: bool = True) -> Predictor:
+         eager_tokenizer: bool = True, variant: str | None = None, trusted: bool = False) -> Predictor:
     """Verify and load an export folder.
+
+    variant: which graph of the folder to run: "onnx" (default, model.onnx), "ort" (the mobile package's
+    ORT-format model), "fixed" / "fixed-ort" (its fixed-shape graph: predict() pads every text to the fixed
+    sequence length and runs the fixed batch size at a time). See `dynalora export ... --target`.
+    trusted: the caller verified the checksums itself (the bench worker); allows what verify=True allows.
 
     provider: "cpu", "cuda", "CUDAExecutionProvider", ... or None (the profile's provider, else the best
     available). threads: intra-op threads (default: the profile's, else all physical cores).
     allow_fallback: run on CPU with a warning instead of failing when the provider is unavailable.
-    verify: check every file's sha256 first. eager_tokenizer: load the tokenizer now (False keeps
-    transformers / torch out of the process, as the benchmark worker wants).
+    verify: check every file's sha256 first. eager_tokenizer: load the tokenizer now, so a broken
+    tokenizer.json fails here (False skips it: the benchmark worker gets token ids from its parent).
     """
     folder = Path(export_dir)
     manifest = read_manifest(folder)
@@ -265,8 +307,10 @@ def load(export_dir: str | os.PathLike[str], provider: str | None = None, thread
     options = session_options(device, threads)
     provider_options = provider_options_for(providers, device)
 
-    session_args = {"providers": providers, "provider_options": provider_options, "session_options": options}
-    model_path = folder / manifest.model_file
+    model_path, fixed_shape, replay = model_variant(folder, manifest, variant)
+    if replay and (verify or trusted):  # a Runtime-style .ort's saved optimisations: replayed only for a package
+        # whose checksums were verified (here, or by the caller: `trusted`), as onnxruntime advises
+        options.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
     t0 = time.perf_counter()
     try:
         session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers,
@@ -283,7 +327,9 @@ def load(export_dir: str | os.PathLike[str], provider: str | None = None, thread
                                 f"to {used[0]}; fix the install or pass --allow-fallback")
         warnings.warn(f"{providers[0]} failed to start; running on {used[0]}", ProviderFallbackWarning,
                       stacklevel=2)
-    predictor = Predictor(folder, manifest, session, load_seconds, session_args)
+    predictor = Predictor(folder, manifest, session, load_seconds)
+    predictor.fixed_shape = fixed_shape
+    predictor.variant = variant or "onnx"
     if eager_tokenizer:
         predictor.tokenizer  # noqa: B018 - fail now, not at the first predict(), if the tokenizer is broken
     return predictor

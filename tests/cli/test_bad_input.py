@@ -361,3 +361,23 @@ def test_fuse_router_flags_named(flag, tmp_path) -> None:
         RouterConfig(**{name: 0}).validate()
     with pytest.raises(ConfigError, match="router lr"):
         RouterConfig(lr=float("nan")).validate()
+
+
+# ---- runtime-only install: a subcommand that needs the training stack ----------------------------
+def test_missing_training_stack_is_one_line(capsys, monkeypatch) -> None:
+    """What `dynalora train` prints on `pip install dynalora` (no torch): one line naming the `train` extra.
+    Only the training stack's modules: any other missing module stays a traceback (a bug, not a user error)."""
+    import dynalora.cli as cli
+
+    def needs(module: str):
+        def run(args) -> int:
+            raise ModuleNotFoundError(f"No module named '{module}'", name=module)
+        return run
+
+    monkeypatch.setattr(cli, "_cmd_train", needs("torch.nn"))
+    line = _run(capsys, ["train", "--model", "minilm", "--task", "rotten_tomatoes", "--out", "x"])
+    assert line == ("dynalora: error: `dynalora train` needs the training stack (torch is not installed): "
+                    "pip install 'dynalora[train]'")
+    monkeypatch.setattr(cli, "_cmd_train", needs("no_such_helper"))
+    with pytest.raises(ModuleNotFoundError, match="no_such_helper"):
+        main(["train", "--model", "minilm", "--task", "rotten_tomatoes", "--out", "x"])

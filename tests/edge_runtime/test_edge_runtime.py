@@ -250,7 +250,7 @@ def test_generate_uses_kv_cache_and_matches_torch(llama_export: Path) -> None:
     text = predictor.generate(prompt, max_new_tokens=6)
     assert isinstance(text, str) and text
 
-    class Recording:  # wraps optimum's session: records the input_ids shape of every call
+    class Recording:  # wraps the predictor's session: records the input_ids shape of every call
         def __init__(self, inner: ort.InferenceSession) -> None:
             self.inner, self.shapes = inner, []
 
@@ -261,8 +261,8 @@ def test_generate_uses_kv_cache_and_matches_torch(llama_export: Path) -> None:
         def __getattr__(self, name: str):  # noqa: ANN204
             return getattr(self.inner, name)
 
-    spy = Recording(predictor._ort_model.session)
-    predictor._ort_model.session = spy
+    spy = Recording(predictor.session)
+    predictor.session = spy
     assert predictor.generate(prompt, max_new_tokens=6) == text
     prompt_len = spy.shapes[0][1]
     assert prompt_len > 1 and all(shape == (1, 1) for shape in spy.shapes[1:]), spy.shapes  # cached decode
@@ -275,6 +275,10 @@ def test_generate_uses_kv_cache_and_matches_torch(llama_export: Path) -> None:
                              max_new_tokens=6, do_sample=False, pad_token_id=0)[0, ids.shape[1]:].tolist()
     assert ours[: len(ref)] == ref
     assert predictor.tokenizer.decode(ref, skip_special_tokens=True).startswith(text[:10])
+    # generate = greedy_decode + stop at EOS + decode: the text is exactly the torch reference's new tokens
+    assert text == AutoTokenizer.from_pretrained(llama_export).decode(ref, skip_special_tokens=True)
+    with pytest.raises(RuntimeLoadError, match="exceeds the model's 128 positions"):
+        predictor.generate(prompt, max_new_tokens=200)
 
 
 def test_use_adapter_native_lora(lora_export: Path, bert_export: Path) -> None:
@@ -316,7 +320,7 @@ def test_bench_records_json_plot_and_table(bert_export: Path, tmp_path: Path, ca
     assert bench_main(_args(str(bert_export), "--batch", "2", "--seq", "16", "--repeats", "3", "--warmup", "1",
                             "--compare-torch", "--json", str(out_json), "--plot", str(out_png))) == 0
     table = capsys.readouterr().out
-    assert table.startswith("| engine | provider |") and "vs torch" in table and len(table.splitlines()) == 4
+    assert table.startswith("| engine | graph | provider |") and "vs torch" in table and len(table.splitlines()) == 4
     result = json.loads(out_json.read_text())
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"python", "cpu", "physical_cores", "os", "providers_available", "versions"} <= set(result["environment"])
@@ -342,9 +346,13 @@ def test_bench_causal_lm_decode(llama_export: Path) -> None:
 def test_markdown_table_formats_only_here() -> None:
     lat = {"mean": 1.23456, "p50": 1.2, "p90": 1.5, "p99": 2.0, "min": 1.0, "p10": 1.1, "raw": [1.2]}
     rec = {"engine": "onnxruntime", "provider": "CPUExecutionProvider", "threads": 1, "batch": 1, "seq": 32,
-           "latency_ms": lat, "throughput": 810.0, "load_s": 0.1, "peak_rss_mb": 60.0, "model_mb": 0.25}
+           "latency_ms": lat, "throughput": 810.0, "load_s": 0.1, "peak_rss_mb": 60.0, "model_mb": 0.25,
+           "variant": "onnx", "first_run_ms": 3.456}
     lines = markdown_table({"records": [rec, {**rec, "threads": 2}]}).splitlines()
-    assert len(lines) == 4 and "| onnxruntime | CPU | 1 | 1 | 32 | 1.20 | 1.50 | 1.23 |" in lines[2]
+    assert len(lines) == 4 and "| onnxruntime | onnx | CPU | 1 | 1 | 32 | 1.20 | 1.50 | 1.23 |" in lines[2]
+    assert "| 0.10 | 3.46 | 60 | 0.2 |" in lines[2]  # load s, first inference ms, peak RSS, model MB
+    capped = markdown_table({"records": [{**rec, "memory_cap_mb": 256, "within_memory_cap": False}]})
+    assert capped.splitlines()[0].endswith("| RSS cap |") and "| OVER (256) |" in capped
 
 
 def test_bench_bad_inputs(bert_export: Path, lora_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
