@@ -240,8 +240,13 @@ def build_graph_module(first: Any, ranks: dict[str, int], per_example: bool) -> 
 
 
 def export_adapters(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *,
-                    opset: int | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Export runs sharing a base model as one graph + native ORT adapters; returns the manifest."""
+                    opset: int | None = None, overwrite: bool = False, target: str | None = None) -> dict[str, Any]:
+    """Export runs sharing a base model as one graph + native ORT adapters; returns the manifest.
+
+    target: also write the mobile package (export/mobile.py); its graphs keep the adapter inputs."""
+    from dynalora.export.mobile import build_mobile, check_target, pad_token_id
+
+    check_target(target)
     if not run_dirs:
         raise ExportError("--runs needs at least one run folder")
     out = refuse_existing(out, overwrite)
@@ -299,6 +304,9 @@ def export_adapters(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.Pa
         verification["max_abs_diff"] = max(v["max_abs_vs_torch"] for v in verification.values())
         verification["tolerance"] = PARITY_ATOL_FP32
         manifest["verification"] = verification
+        if target is not None:
+            manifest["mobile"] = build_mobile(tmp, target, sample, seq=max_length, pad_id=pad_token_id(tokenizer),
+                                              precision="fp32")
         written = write_export_manifest(tmp, manifest)
     return written
 

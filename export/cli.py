@@ -1,6 +1,7 @@
 """`dynalora export ...` subcommands (registered by dynalora/cli.py through `register`).
 
-    dynalora export merged   --run DIR --out EXPORT [--quantize int8|fp16] [--opset N] [--overwrite]
+    dynalora export merged   --run DIR --out EXPORT [--quantize int8|qdq-int8|fp16] [--calibration-samples N]
+                             [--opset N] [--overwrite]
     dynalora export adapters --runs DIR_A DIR_B ... --out EXPORT [--opset N] [--overwrite]
     dynalora export base     --model M --out EXPORT [--task-kind text-generation-with-past] [--quantize int8]
     dynalora export fused    --fuse FUSE --out EXPORT [--opset N] [--overwrite]      (see export/fused.py)
@@ -15,6 +16,8 @@ import argparse
 from typing import Any
 
 from dynalora.export.common import add_output_flags, report
+from dynalora.export.mobile import add_target_flag
+from dynalora.export.quantize import DEFAULT_CALIBRATION_SAMPLES
 
 
 def register(subparsers: Any) -> None:
@@ -24,14 +27,20 @@ def register(subparsers: Any) -> None:
 
     merged = sub.add_parser("merged", help="merge a run's adapters into the base weights and export one graph")
     merged.add_argument("--run", required=True, help="run folder written by `dynalora train`")
-    merged.add_argument("--quantize", choices=("int8", "fp16"), default=None, help="post-training quantisation")
+    merged.add_argument("--quantize", choices=("int8", "qdq-int8", "fp16"), default=None,
+                        help="post-training quantisation: int8 (dynamic, CPU), qdq-int8 (static QDQ, for NPU execution "
+                             "providers; calibrated on the run's training texts) or fp16")
+    merged.add_argument("--calibration-samples", type=int, default=None, metavar="N",
+                        help=f"qdq-int8: training texts to calibrate on (default {DEFAULT_CALIBRATION_SAMPLES})")
     merged.add_argument("--no-optimize", dest="optimize", action="store_false", help="skip graph optimisation")
     add_output_flags(merged)
+    add_target_flag(merged)
     merged.set_defaults(func=_cmd_merged)
 
     adapters = sub.add_parser("adapters", help="one base graph + a native onnxruntime LoRA adapter per run")
     adapters.add_argument("--runs", nargs="+", required=True, help="run folders sharing one base model")
     add_output_flags(adapters, opset_default="18")
+    add_target_flag(adapters)
     adapters.set_defaults(func=_cmd_adapters)
 
     base = sub.add_parser("base", help="export a base model without a run (e.g. a causal LM for decode benchmarks)")
@@ -51,14 +60,15 @@ def _cmd_merged(args: argparse.Namespace) -> int:
     from dynalora.export.merged import export_merged
 
     manifest = export_merged(args.run, args.out, quantize=args.quantize, opset=args.opset, overwrite=args.overwrite,
-                             optimize=args.optimize)
+                             optimize=args.optimize, target=args.target, calibration_samples=args.calibration_samples)
     return report(args.out, manifest)
 
 
 def _cmd_adapters(args: argparse.Namespace) -> int:
     from dynalora.export.adapters import export_adapters
 
-    return report(args.out, export_adapters(args.runs, args.out, opset=args.opset, overwrite=args.overwrite))
+    return report(args.out, export_adapters(args.runs, args.out, opset=args.opset, overwrite=args.overwrite,
+                                            target=args.target))
 
 
 def _cmd_base(args: argparse.Namespace) -> int:

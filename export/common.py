@@ -38,7 +38,28 @@ def report(out: str | os.PathLike[str], manifest: dict[str, Any], what: str | No
     what = what or f"{manifest['kind']} ({manifest['precision']})"
     print(f"exported {what} to {out}")
     print(json.dumps(manifest.get("verification", {}), indent=2, sort_keys=True))
+    if manifest.get("mobile"):
+        print(mobile_summary(manifest["mobile"]))
     return 0
+
+
+def mobile_summary(mobile: dict[str, Any]) -> str:
+    """Two or three lines on the mobile package: its files and how much of the device graph each EP takes."""
+    lines = [f"mobile package ({mobile['target']}): {mobile['ort_model']}, {mobile['reduced_ops_config']}, "
+             f"report {mobile['report']}"]
+    graph = "model.onnx"
+    if "fixed" in mobile:
+        fixed = mobile["fixed"]
+        graph = "mobile/model.fixed.onnx"
+        lines.append(f"fixed shape {fixed['batch']} x {fixed['sequence']} tokens: {fixed['ort']}")
+    parts = []
+    for ep, c in mobile.get("coverage", {}).get(graph, {}).items():
+        compute = "" if c.get("compute_share") is None else f", {100 * c['compute_share']:.0f}% of compute"
+        parts.append(f"{ep} {100 * c['node_share']:.0f}% of nodes{compute}, {c['partitions']} partition(s), "
+                     f"{c['suitability']}")
+    if parts:
+        lines.append(f"coverage of {graph}: " + "; ".join(parts))
+    return "\n".join(lines)
 
 
 def refuse_existing(out: str | os.PathLike[str], overwrite: bool) -> Path:
@@ -82,20 +103,35 @@ def load_run_checked(path: str | os.PathLike[str]) -> Any:
         raise ExportError(f"cannot load run {path}: {exc}") from None
 
 
-def eval_examples(run: Any, limit: int | None = None) -> list[Any]:
-    """The run's evaluation split (the same seeded split training reported its metrics on)."""
+def _run_data(run: Any, what: str) -> Any:
     from dynalora.errors import DynaloraError
     from dynalora.core.batches import load_data
 
     try:
-        data = load_data(run.config)
+        return load_data(run.config)
     except (DynaloraError, OSError) as exc:
-        raise ExportError(f"cannot load the evaluation split of {run.path} to verify the export ({exc}); "
+        raise ExportError(f"cannot load the {what} of {run.path} ({exc}); "
                           "make the run's data files available again") from None
-    examples = list(data.eval)
+
+
+def eval_examples(run: Any, limit: int | None = None) -> list[Any]:
+    """The run's evaluation split (the same seeded split training reported its metrics on)."""
+    examples = list(_run_data(run, "evaluation split to verify the export").eval)
     if not examples:
         raise ExportError(f"{run.path} has an empty evaluation split: nothing to verify the export against")
     return examples[:limit] if limit else examples
+
+
+def train_examples(run: Any, n: int, seed: int = 0) -> list[Any]:
+    """`n` examples of the run's training split, a seeded random sample (all of them if it has fewer): the
+    calibration texts of a static quantisation, drawn from the data the model was fitted to, never from
+    the evaluation split its accuracy is then measured on."""
+    import random
+
+    examples = list(_run_data(run, "training split to calibrate the quantisation").train)
+    if not examples:
+        raise ExportError(f"{run.path} has an empty training split: no texts to calibrate the quantisation on")
+    return random.Random(seed).sample(examples, n) if n < len(examples) else examples
 
 
 def encode(tokenizer: Any, examples: Sequence[Any], max_length: int, input_names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -194,6 +230,8 @@ def write_export_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, A
     from dynalora.edge_runtime.manifest import write_manifest
 
     write_marker(folder, "export")
+    manifest = dict(manifest)  # the model's size on disk, for every kind and precision (what a device must hold)
+    manifest.setdefault("model_bytes", (folder / manifest.get("model_file", "model.onnx")).stat().st_size)
     return write_manifest(folder, manifest)
 
 

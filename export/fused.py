@@ -126,10 +126,14 @@ def verify(sess: Any, fused: Any, batches: dict[str, dict[str, np.ndarray]]) -> 
 
 
 def export_fused(fuse_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, opset: int | None = None,
-                 overwrite: bool = False) -> Path:
-    """Export a fusion folder as one verified ONNX graph; returns the export folder."""
-    from dynalora.fusion.train import load_fusion
+                 overwrite: bool = False, target: str | None = None) -> Path:
+    """Export a fusion folder as one verified ONNX graph; returns the export folder.
 
+    target: also write the mobile package (export/mobile.py)."""
+    from dynalora.fusion.train import load_fusion
+    from dynalora.export.mobile import build_mobile, check_target, pad_token_id
+
+    check_target(target)
     out = refuse_existing(out, overwrite)
     try:
         fusion = load_fusion(fuse_dir)
@@ -169,21 +173,27 @@ def export_fused(fuse_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
             "router": {k: fusion.config["router"].get(k) for k in ("features", "parameters", "hidden", "eval_accuracy")},
         }
         manifest["verification"] = verification
+        if target is not None:
+            manifest["mobile"] = build_mobile(tmp, target, batches["mixed_tasks"], seq=ml, pad_id=pad_token_id(tok),
+                                              precision="fp32")
         write_export_manifest(tmp, manifest)
     return out
 
 
 def add_fused_parser(export_subparsers: Any) -> None:
     """`dynalora export fused` (added to the `export` subcommands by export/cli.py)."""
+    from dynalora.export.mobile import add_target_flag
+
     p = export_subparsers.add_parser("fused", help="one ONNX graph: router + top-p + stacked task adapters + heads")
     p.add_argument("--fuse", required=True, help="fusion folder written by `dynalora fuse train`")
     add_output_flags(p, opset_default="18")
+    add_target_flag(p)
     p.set_defaults(func=_cmd_fused)
 
 
 def _cmd_fused(args: argparse.Namespace) -> int:
     import json
 
-    out = export_fused(args.fuse, args.out, opset=args.opset, overwrite=args.overwrite)
+    out = export_fused(args.fuse, args.out, opset=args.opset, overwrite=args.overwrite, target=args.target)
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     return report(out, manifest, what=f"fused graph ({len(manifest['fusion']['tasks'])} tasks)")

@@ -25,10 +25,18 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dynalora.atomic import atomic_dir
 from dynalora.core.outdir import OutLock
 from dynalora.edge_runtime.feeds import ort_feeds
-from dynalora.edge_runtime.tolerances import BASE_LM_PARITY_ATOL_FP32, EXPORT_PARITY_ATOL_FP16, EXPORT_RECORDED_ATOL
+from dynalora.edge_runtime.tolerances import (
+    BASE_LM_PARITY_ATOL_FP32,
+    EMBEDDING_ACCURACY_LIMIT_POINTS,
+    EXPORT_PARITY_ATOL_FP16,
+    EXPORT_RECORDED_ATOL,
+    QDQ_FAKE_QUANT_ATOL,
+)
 from dynalora.export.common import (
     PARITY_ATOL_FP32,
     accuracy,
@@ -47,7 +55,11 @@ from dynalora.export.common import (
     write_export_manifest,
 )
 from dynalora.export.errors import ExportError
+from dynalora.export.mobile import FIXED_TARGETS, build_mobile, check_target, pad_token_id
+from dynalora.export.quantize import DEFAULT_CALIBRATION_SAMPLES
 
+QUANTIZE = (None, "int8", "qdq-int8", "fp16")
+CALIBRATION_BATCH = 8  # calibration texts per onnxruntime run, padded to the longest like evaluation and runtime
 BERT_FAMILY = {"bert", "roberta", "xlm-roberta", "electra", "camembert"}
 VERIFY_BATCH = 32
 WORK = ".work"  # scratch folder inside the temporary export folder; removed before the manifest
@@ -113,13 +125,27 @@ def _pick_graph(plain: Path, optimised: Path, feeds: dict[str, Any], reference: 
 
 def export_merged(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, quantize: str | None = None,
                   opset: int | None = None, overwrite: bool = False, optimize: bool = True,
-                  accuracy_limit: int | None = None) -> dict[str, Any]:
-    """Export a run merged into its base weights; returns the manifest written."""
-    if quantize not in (None, "int8", "fp16"):
-        raise ExportError(f"--quantize must be int8 or fp16, got {quantize!r}")
+                  accuracy_limit: int | None = None, target: str | None = None,
+                  calibration_samples: int | None = None) -> dict[str, Any]:
+    """Export a run merged into its base weights; returns the manifest written.
+
+    target: "android" | "ios" | "generic" also writes the mobile package (export/mobile.py).
+    calibration_samples: training texts a qdq-int8 export calibrates on (default DEFAULT_CALIBRATION_SAMPLES)."""
+    if quantize not in QUANTIZE:
+        raise ExportError(f"--quantize must be one of {', '.join(q for q in QUANTIZE if q)}, got {quantize!r}")
+    _check_calibration_samples(quantize, calibration_samples)
     out = refuse_existing(out, overwrite)
     run = load_run_checked(run_dir)
+    problem = run.info["task"]["problem"]
+    if quantize == "qdq-int8" and problem != "classification":  # refuse before any export work
+        alternative = "fp32 or --quantize int8" if problem == "multiple_choice" else "fp32"
+        raise ExportError("qdq-int8 export is only verified for classification runs (accuracy is the check); "
+                          f"export this {problem} run with {alternative}")
+    check_target(target)
     if run.info["task"]["problem"] == "multiple_choice":
+        if target is not None:
+            raise ExportError("--target builds mobile packages of encoder exports (classification / regression); "
+                              "a causal-LM decoder goes to devices through onnxruntime-genai, not ORT Mobile")
         return _export_merged_lm(run, out, quantize, opset, overwrite)
     if quantize == "int8" and run.info["task"]["problem"] != "classification":  # refuse before any export work
         raise ExportError("int8 export is only verified for classification runs (accuracy is the check); "
@@ -147,7 +173,11 @@ def export_merged(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
         run.tokenizer.save_pretrained(tmp)
         plain = optimum_export(tmp / "torch", work / "plain", "text-classification", opset)
         chosen = plain
-        if optimize:
+        if optimize and target in FIXED_TARGETS:
+            # the optimiser's fusions are com.microsoft contrib ops (Attention, SkipLayerNormalization, BiasGelu)
+            # that only the CPU / CUDA EPs run: a phone's NNAPI / CoreML needs the standard operators
+            verification["optimization"] = f"skipped: --target {target} keeps standard ONNX operators for NNAPI / CoreML"
+        elif optimize:
             try:
                 verification["optimization"] = optimise_graph(plain, work / "optimized.onnx", merged.config)
             except (RuntimeError, ValueError, AttributeError) as exc:
@@ -167,6 +197,9 @@ def export_merged(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
             # from the plain graph: quantize_dynamic's shape inference cannot type the fused contrib ops, and
             # onnxruntime re-applies its own fusions to the quantised graph at load time
             final, precision = _int8(plain, work, run, examples, max_length, fp32, accuracy_limit, verification)
+        elif quantize == "qdq-int8":  # from the plain graph too, for the same reason
+            final, precision = _qdq_int8(plain, work, run, examples, max_length, fp32, accuracy_limit, verification,
+                                         calibration_samples or DEFAULT_CALIBRATION_SAMPLES)
         elif quantize == "fp16":
             final, precision = _fp16(plain, work, feeds, reference, verification)
         # the keys edge_runtime's bench reads: the final graph's max abs logit diff vs PyTorch and its tolerance
@@ -183,25 +216,125 @@ def export_merged(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
             opset=opset_of(tmp / "model.onnx"), precision=precision, max_length=max_length,
             source_runs=[str(run.path)])
         manifest["verification"] = verification
+        if quantize in ("int8", "qdq-int8"):
+            manifest["quantization"] = "dynamic-int8" if quantize == "int8" else "qdq-int8"
         manifest["torch_dir"] = "torch"
         manifest["run_metrics"] = run.info.get("metrics", {})
+        if target is not None:
+            manifest["mobile"] = build_mobile(tmp, target, feeds, seq=max_length, pad_id=pad_token_id(run.tokenizer),
+                                              precision=precision)
         written = write_export_manifest(tmp, manifest)
     return written
 
 
+def _check_calibration_samples(quantize: str | None, samples: int | None) -> None:
+    if samples is None:
+        return
+    if quantize != "qdq-int8":
+        raise ExportError("--calibration-samples applies to --quantize qdq-int8 only (dynamic int8 is not calibrated)")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ExportError(f"--calibration-samples must be an integer >= 1, got {samples!r}")
+
+
+def _eval_logits(sess: Any, run: Any, examples: list, max_length: int, run_options: Any = None,
+                 batch: int = 64) -> np.ndarray:
+    """Logits of a graph on `examples`, in batches of `batch` (as common.accuracy runs them)."""
+    names = [i.name for i in sess.get_inputs()]
+    return np.concatenate([run_logits(sess, encode(run.tokenizer, examples[i : i + batch], max_length, names),
+                                      run_options) for i in range(0, len(examples), batch)])
+
+
+def _accuracy(logits: np.ndarray, examples: list) -> float:
+    return float((logits.argmax(-1) == np.array([e.label for e in examples])).mean())
+
+
 def _int8(src: Path, work: Path, run: Any, examples: list, max_length: int, fp32: Any, limit: int | None,
           verification: dict) -> tuple[Path, str]:
-    """int8 graph of `src`, judged by accuracy (classification runs only: export_merged refuses others up front)."""
+    """int8 graph of `src`, judged by accuracy (classification runs only: export_merged refuses others up front).
+    Its vocabulary embedding table is int8 too where accuracy allows (`_with_int8_embeddings`)."""
     from dynalora.export.quantize import quantize_int8
 
     dst = work / "int8.onnx"
-    verification["int8"] = quantize_int8(src, dst)
+    info = quantize_int8(src, dst, embeddings=False)
     subset = examples[:limit] if limit else examples
     acc32 = accuracy(fp32, run.tokenizer, subset, max_length)
     acc8 = accuracy(session(dst), run.tokenizer, subset, max_length)
+    final, acc8 = _with_int8_embeddings(dst, work / "int8_embeddings.onnx", acc8, run, subset, max_length, info)
+    verification["int8"] = info
     verification.update(accuracy_split=f"evaluation split of {run.path.name} ({len(subset)} examples)",
                         accuracy_fp32=acc32, accuracy_int8=acc8, accuracy_change_points=100 * (acc8 - acc32))
-    return dst, "int8"
+    return final, "int8"
+
+
+def _with_int8_embeddings(graph: Path, dst: Path, acc_without: float, run: Any, subset: list, max_length: int,
+                          info: dict) -> tuple[Path, float]:
+    """`graph` with its vocabulary embedding table stored as int8 (quantize.quantize_embeddings), kept only if
+    that costs at most EMBEDDING_ACCURACY_LIMIT_POINTS of accuracy against the same graph with the fp32 table,
+    on the same evaluation texts (see edge_runtime/tolerances.py for why the comparison is with that graph
+    and not with fp32). Returns the graph kept and its accuracy; the decision goes to info["embeddings"]."""
+    from dynalora.export.quantize import quantize_embeddings
+
+    try:
+        record = quantize_embeddings(graph, dst)
+    except ExportError as exc:
+        info["embeddings"] = {"quantized": False, "reason": str(exc)}
+        return graph, acc_without
+    acc_with = accuracy(session(dst), run.tokenizer, subset, max_length)
+    change = 100 * (acc_with - acc_without)
+    record.update(accuracy_fp32_table=acc_without, accuracy_int8_table=acc_with, accuracy_change_points=change,
+                  limit_points=EMBEDDING_ACCURACY_LIMIT_POINTS)
+    keep = change >= -EMBEDDING_ACCURACY_LIMIT_POINTS
+    record["quantized"] = keep
+    info["embeddings"] = record
+    if not keep:
+        record["reason"] = (f"the int8 table cost {-change:.2f} points of accuracy (limit "
+                            f"{EMBEDDING_ACCURACY_LIMIT_POINTS:g}); the table stays fp32")
+        return graph, acc_without
+    info["op_types"] = [*info["op_types"], "Gather"]
+    return dst, acc_with
+
+
+def _qdq_int8(src: Path, work: Path, run: Any, examples: list, max_length: int, fp32: Any, limit: int | None,
+              verification: dict, samples: int) -> tuple[Path, str]:
+    """Static int8 in QDQ format (quantize.quantize_qdq_int8), calibrated on `samples` texts of the run's own
+    training split; judged by accuracy on the evaluation split like `_int8`, the embedding table likewise.
+
+    Parity with its own fake-quant reference: the same graph run with ORT_DISABLE_ALL executes every
+    QuantizeLinear / DequantizeLinear literally in float (fake quantisation, what the calibration and any
+    other backend's QDQ reading compute), with ORT_ENABLE_ALL the CPU EP fuses them into int8 kernels. The
+    export is refused when their logits differ by more than QDQ_FAKE_QUANT_ATOL on any evaluation text."""
+    import onnxruntime as ort
+
+    from dynalora.export.common import train_examples
+    from dynalora.export.quantize import quantize_qdq_int8
+
+    texts = train_examples(run, samples)
+    names = [i.name for i in fp32.get_inputs()]
+    calibration = [encode(run.tokenizer, texts[i : i + CALIBRATION_BATCH], max_length, names)
+                   for i in range(0, len(texts), CALIBRATION_BATCH)]
+    dst = work / "qdq.onnx"
+    info = quantize_qdq_int8(src, dst, calibration, embeddings=False)
+    info.update(calibration_samples=len(texts), calibration_batch=CALIBRATION_BATCH,
+                calibration_texts=f"seeded random sample of the training split of {run.path.name}")
+    subset = examples[:limit] if limit else examples
+    acc32 = accuracy(fp32, run.tokenizer, subset, max_length)
+    acc8 = accuracy(session(dst), run.tokenizer, subset, max_length)
+    final, acc8 = _with_int8_embeddings(dst, work / "qdq_embeddings.onnx", acc8, run, subset, max_length, info)
+    fused = _eval_logits(session(final), run, subset, max_length)
+    fake = _eval_logits(session(final, opt_level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL), run, subset, max_length)
+    diff = max_abs(fused, fake)
+    info["fake_quant_parity"] = {
+        "reference": "the same QDQ graph with ORT_DISABLE_ALL (QuantizeLinear / DequantizeLinear in float)",
+        "compared": "ORT_ENABLE_ALL on the CPU EP (QDQ fused into int8 kernels)",
+        "texts": len(subset), "max_abs": diff, "argmax_agreement": float((fused.argmax(-1) == fake.argmax(-1)).mean()),
+        "accuracy_fake_quant": _accuracy(fake, subset), "tolerance": QDQ_FAKE_QUANT_ATOL}
+    verification["int8"] = info
+    verification.update(accuracy_split=f"evaluation split of {run.path.name} ({len(subset)} examples)",
+                        accuracy_fp32=acc32, accuracy_int8=acc8, accuracy_change_points=100 * (acc8 - acc32))
+    if not diff <= QDQ_FAKE_QUANT_ATOL:
+        raise ExportError(f"the qdq-int8 graph's int8 kernels differ from its fake-quant reference by {diff:.3g} "
+                          f"(> {QDQ_FAKE_QUANT_ATOL:g}) on evaluation texts; nothing was written (use --quantize int8)")
+    return final, "int8"
 
 
 def _fp16(src: Path, work: Path, feeds: dict, reference: Any, verification: dict) -> tuple[Path, str]:
@@ -269,8 +402,10 @@ def export_base(model: str, out: str | os.PathLike[str], *, task_kind: str = "te
 
             final, precision = work / "int8.onnx", "int8"
             # causal LMs: block-wise (see quantize.py for the measurements behind this choice)
-            quantizer = quantize_int8_blockwise if task_kind.startswith("text-generation") else quantize_int8
-            verification["int8"] = quantizer(plain, final)
+            if task_kind.startswith("text-generation"):
+                verification["int8"] = quantize_int8_blockwise(plain, final)
+            else:  # MatMul-only: a base model has no evaluation split to judge an int8 embedding table by
+                verification["int8"] = quantize_int8(plain, final, embeddings=False)
         shutil.copyfile(final, tmp / "model.onnx")
         shutil.rmtree(work)
         if with_torch:

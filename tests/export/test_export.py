@@ -167,6 +167,135 @@ def test_export_merged_int8_changes_little(runs: dict[str, Path], tmp_path: Path
     ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
     assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "QAttention"}
     assert _torch_vs_ort(out, runs["bert"]) < 0.05
+    # the vocabulary embedding table is int8 too (kept: the tiny run's accuracy allows it), and the model smaller
+    emb = v["int8"]["embeddings"]
+    assert emb["quantized"] is True and "Gather" in v["int8"]["op_types"], emb
+    assert emb["accuracy_change_points"] >= -emb["limit_points"]
+    assert _vocab_table_dtype(out / "model.onnx") == "int8"
+    assert manifest["quantization"] == "dynamic-int8"
+    fp32 = export_merged(runs["bert"], tmp_path / "fp32", optimize=False)
+    assert manifest["model_bytes"] == (out / "model.onnx").stat().st_size
+    assert fp32["model_bytes"] == (tmp_path / "fp32" / "model.onnx").stat().st_size > manifest["model_bytes"]
+
+
+def _vocab_table_dtype(model_path: Path) -> str:
+    """dtype of the initializer the Gather by input_ids reads (directly or through a DequantizeLinear)."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    inits = {i.name: i for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    gather = next(n for n in model.graph.node if n.op_type == "Gather" and n.input[1] == "input_ids")
+    data = gather.input[0]
+    if data in producers and producers[data].op_type == "DequantizeLinear":
+        data = producers[data].input[0]
+    return onnx.helper.tensor_dtype_to_np_dtype(inits[data].data_type).name
+
+
+def _embedding_graph(path: Path, table: np.ndarray, tied: bool = False) -> Path:
+    """input_ids -> Gather(table) [-> MatMul(table^T) when tied, like an LM head sharing the table]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [None, None])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["e" if tied else "y"], name="embed")]
+    inits = [numpy_helper.from_array(table, "table")]
+    if tied:
+        nodes += [helper.make_node("Transpose", ["table"], ["tt"]), helper.make_node("MatMul", ["e", "tt"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [ids], [y], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_quantize_embeddings_per_row(tmp_path: Path) -> None:
+    """One scale per row: every row within half a step of its own scale; an all-zero (padding) row stays zero."""
+    import onnxruntime as ort
+
+    from dynalora.export import ExportError
+    from dynalora.export.quantize import quantize_embeddings
+
+    rng = np.random.default_rng(0)
+    table = (rng.normal(size=(50, 8)) * rng.uniform(0.01, 1.0, size=(50, 1))).astype(np.float32)
+    table[0] = 0.0
+    record = quantize_embeddings(_embedding_graph(tmp_path / "e.onnx", table), tmp_path / "q.onnx")
+    assert record["tables"][0]["granularity"] == "per-row" and record["tables"][0]["dtype"] == "int8"
+    assert _vocab_table_dtype(tmp_path / "q.onnx") == "int8"
+    ids = np.arange(50, dtype=np.int64)[None, :]
+    sess = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input_ids": ids})[0][0]
+    step = np.abs(table).max(axis=1, keepdims=True) / 127
+    assert np.all(np.abs(got - table) <= step / 2 + 1e-7) and not got[0].any()
+    with pytest.raises(ExportError, match="no vocabulary embedding table"):  # a tied table is left alone
+        quantize_embeddings(_embedding_graph(tmp_path / "t.onnx", table, tied=True), tmp_path / "tq.onnx")
+
+
+def test_int8_embeddings_kept_only_where_accuracy_allows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from dynalora.export import merged
+
+    graph = _embedding_graph(tmp_path / "e.onnx", np.ones((20, 4), dtype=np.float32))
+    run = SimpleNamespace(tokenizer=None)
+    monkeypatch.setattr(merged, "accuracy", lambda *args, **kwargs: 0.80)  # 0.9 -> 0.8: the int8 table costs 10 points
+    info: dict = {"op_types": ["MatMul"]}
+    kept, acc = merged._with_int8_embeddings(graph, tmp_path / "q.onnx", 0.90, run, [], 8, info)
+    assert kept == graph and acc == 0.90 and info["op_types"] == ["MatMul"]
+    assert info["embeddings"]["quantized"] is False and "stays fp32" in info["embeddings"]["reason"]
+    monkeypatch.setattr(merged, "accuracy", lambda *args, **kwargs: 0.899)  # 0.1 points: within the limit
+    kept, acc = merged._with_int8_embeddings(graph, tmp_path / "q.onnx", 0.90, run, [], 8, info)
+    assert kept == tmp_path / "q.onnx" and acc == 0.899 and info["op_types"] == ["MatMul", "Gather"]
+
+
+def test_export_merged_qdq_int8(runs: dict[str, Path], tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    from dynalora import edge_runtime
+    from dynalora.export.merged import export_merged
+    from dynalora.export.quantize import DEFAULT_CALIBRATION_SAMPLES
+
+    out = tmp_path / "qdq"
+    manifest = export_merged(runs["bert"], out, quantize="qdq-int8")
+    v, q = manifest["verification"], manifest["verification"]["int8"]
+    assert manifest["precision"] == "int8" and manifest["quantization"] == "qdq-int8"
+    assert q["method"] == "quantize_static" and q["format"] == "QDQ" and q["per_channel"] is True
+    assert q["calibration_method"] and q["fp32_nodes"], "the classifier head must stay fp32"
+    assert q["calibration_samples"] == min(DEFAULT_CALIBRATION_SAMPLES, len(_train_split(runs["bert"])))
+    assert isinstance(v["accuracy_change_points"], float) and 0 <= v["accuracy_int8"] <= 1
+    parity = q["fake_quant_parity"]
+    assert parity["max_abs"] <= parity["tolerance"] and 0 <= parity["argmax_agreement"] <= 1
+    model = onnx.load(str(out / "model.onnx"))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    inits = {i.name: i for i in model.graph.initializer}
+    weight_dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                  and len(inits[n.input[0]].dims) == 2]
+    assert weight_dqs
+    for dq in weight_dqs:  # per-channel: one scale per output column of the MatMul weight
+        axis = next(a.i for a in dq.attribute if a.name == "axis")
+        weight, scale = inits[dq.input[0]], numpy_helper.to_array(inits[dq.input[1]])
+        assert axis == 1 and scale.shape == (weight.dims[1],) and weight.data_type == onnx.TensorProto.INT8
+    assert manifest["model_bytes"] == (out / "model.onnx").stat().st_size
+    prediction = edge_runtime.load(out).predict(["a good film", "the plot was very dull"])
+    assert prediction["logits"].shape == (2, 2) and len(prediction["labels"]) == 2
+
+
+def _train_split(run: Path) -> list:
+    from dynalora.core.batches import load_data
+    from dynalora.export.common import load_run_checked
+
+    return list(load_data(load_run_checked(run).config).train)
+
+
+def test_qdq_int8_refused_when_kernels_leave_fake_quant(runs: dict[str, Path], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from dynalora.export import ExportError, merged
+
+    monkeypatch.setattr(merged, "QDQ_FAKE_QUANT_ATOL", -1.0)  # every parity check fails
+    with pytest.raises(ExportError, match="fake-quant reference.*nothing was written"):
+        merged.export_merged(runs["bert"], tmp_path / "o", quantize="qdq-int8", optimize=False, calibration_samples=8)
+    _no_leftovers(tmp_path / "o")
 
 
 def test_quantize_refuses_graph_without_matmul(tmp_path: Path) -> None:
@@ -255,6 +384,28 @@ def test_cli_int8_on_unsupported_run(runs: dict[str, Path], tmp_path: Path, caps
     code, err = _cli(["export", "merged", "--run", str(runs["bert_reg"]), "--out", str(tmp_path / "o"),
                       "--quantize", "int8"], capsys)
     assert code == 2 and "int8" in err and len(err.splitlines()) == 1
+    _no_leftovers(tmp_path / "o")
+
+
+@pytest.mark.parametrize("case", ["regression", "multiple_choice", "zero_samples", "samples_without_qdq"])
+def test_cli_qdq_int8_bad_input(case: str, runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from dynalora.export import merged
+
+    run, flags, expect = runs["bert"], ["--quantize", "qdq-int8"], "qdq-int8"
+    if case == "regression":
+        run = runs["bert_reg"]
+    elif case == "multiple_choice":  # no tiny multiple-choice run here: the refusal needs only run.json's problem
+        monkeypatch.setattr(merged, "load_run_checked", lambda path: SimpleNamespace(
+            path=Path(path), info={"task": {"problem": "multiple_choice"}}))
+    elif case == "zero_samples":
+        flags, expect = flags + ["--calibration-samples", "0"], "--calibration-samples must be an integer >= 1"
+    else:
+        flags, expect = ["--quantize", "int8", "--calibration-samples", "8"], "qdq-int8 only"
+    code, err = _cli(["export", "merged", "--run", str(run), "--out", str(tmp_path / "o"), *flags], capsys)
+    assert code == 2 and expect in err and len(err.splitlines()) == 1, err
     _no_leftovers(tmp_path / "o")
 
 
