@@ -80,11 +80,9 @@ class OnnxEngine:
                  adapter: str | None = None, variant: str | None = None) -> None:
         from dynalora.edge_runtime.predictor import load, model_variant
 
-        # Checksums were verified once by the parent: re-hashing in every worker only costs time. `trusted`
-        # keeps what verification would allow (replaying a Runtime-style .ort's saved optimisations).
+        # Checksums were verified once by the parent: re-hashing in every worker only costs time.
         self.predictor = load(folder, provider=provider, threads=threads, profile=profile,
-                              allow_fallback=allow_fallback, verify=False, eager_tokenizer=False, variant=variant,
-                              trusted=True)
+                              allow_fallback=allow_fallback, verify=False, eager_tokenizer=False, variant=variant)
         self.model_file = model_variant(folder, self.predictor.manifest, variant)[0]
         if adapter:
             self.predictor.use_adapter(adapter)

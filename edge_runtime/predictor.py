@@ -249,20 +249,19 @@ def max_positions(folder: Path) -> int | None:
 VARIANTS = ("onnx", "ort", "fixed", "fixed-ort")
 
 
-def model_variant(folder: Path, manifest: Manifest, variant: str | None) -> tuple[Path, tuple[int, int] | None, bool]:
-    """(model file, fixed (batch, sequence) or None, replay saved runtime optimisations) of a graph variant.
+def model_variant(folder: Path, manifest: Manifest, variant: str | None) -> tuple[Path, tuple[int, int] | None]:
+    """(model file, fixed (batch, sequence) or None) of a graph variant.
 
     onnx: model.onnx; ort: the mobile package's ORT-format model; fixed / fixed-ort: its fixed-shape graph
     (android / ios packages, written by `dynalora export ... --target`)."""
     if variant in (None, "onnx"):
-        return folder / manifest.model_file, None, False
+        return folder / manifest.model_file, None
     if variant not in VARIANTS:
         raise RuntimeLoadError(f"unknown model variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     mobile = manifest.raw.get("mobile")
     if not mobile:
         raise RuntimeLoadError(f"{folder} has no mobile package (variant {variant!r}); re-export with "
                                "--target android|ios|generic")
-    replay = mobile.get("optimization_style") == "Runtime"
     if variant == "ort":
         rel = mobile["ort_model"]
         fixed = None
@@ -274,7 +273,7 @@ def model_variant(folder: Path, manifest: Manifest, variant: str | None) -> tupl
         fixed = (int(mobile["fixed"]["batch"]), int(mobile["fixed"]["sequence"]))
     if rel not in manifest.files:
         raise RuntimeLoadError(f"{folder}/manifest.json does not list {rel}; re-export the model")
-    return folder / rel, fixed, replay and rel.endswith(".ort")
+    return folder / rel, fixed
 
 
 def _resolve_profile(profile: str | DeviceProfile | None) -> DeviceProfile | None:
@@ -283,13 +282,12 @@ def _resolve_profile(profile: str | DeviceProfile | None) -> DeviceProfile | Non
 
 def load(export_dir: str | os.PathLike[str], provider: str | None = None, threads: int | None = None,
          profile: str | DeviceProfile | None = None, allow_fallback: bool = False, verify: bool = True,
-         eager_tokenizer: bool = True, variant: str | None = None, trusted: bool = False) -> Predictor:
+         eager_tokenizer: bool = True, variant: str | None = None) -> Predictor:
     """Verify and load an export folder.
 
     variant: which graph of the folder to run: "onnx" (default, model.onnx), "ort" (the mobile package's
     ORT-format model), "fixed" / "fixed-ort" (its fixed-shape graph: predict() pads every text to the fixed
     sequence length and runs the fixed batch size at a time). See `dynalora export ... --target`.
-    trusted: the caller verified the checksums itself (the bench worker); allows what verify=True allows.
 
     provider: "cpu", "cuda", "CUDAExecutionProvider", ... or None (the profile's provider, else the best
     available). threads: intra-op threads (default: the profile's, else all physical cores).
@@ -307,10 +305,11 @@ def load(export_dir: str | os.PathLike[str], provider: str | None = None, thread
     options = session_options(device, threads)
     provider_options = provider_options_for(providers, device)
 
-    model_path, fixed_shape, replay = model_variant(folder, manifest, variant)
-    if replay and (verify or trusted):  # a Runtime-style .ort's saved optimisations: replayed only for a package
-        # whose checksums were verified (here, or by the caller: `trusted`), as onnxruntime advises
-        options.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
+    model_path, fixed_shape = model_variant(folder, manifest, variant)
+    if manifest.kind == "adapters":
+        # the LoRA tensors are graph inputs with initializer defaults by design (that is how onnxruntime's
+        # adapters override them); onnxruntime warns once per tensor that such initializers are not constants
+        options.log_severity_level = 3
     t0 = time.perf_counter()
     try:
         session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers,

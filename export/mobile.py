@@ -13,11 +13,14 @@ wheel we already install):
     mobile/mobile_report.json / .md  NNAPI / CoreML (and QNN for QDQ graphs) coverage of each graph
                                      (export/mobile_report.py, onnxruntime's usability checker)
 
-Optimisation style (onnxruntime's guidance): `generic` converts with the "Fixed" style (every CPU optimisation
-baked in, for the CPU EP); android / ios with the "Runtime" style: only BASIC optimisations are applied, so the
-graph keeps the standard operators NNAPI / CoreML can take, and the CPU-only fusions are saved to be replayed
-at load time for the nodes that stay on the CPU (`edge_runtime.load` enables the replay for a verified package).
-Both convert for the ARM platform (no x86-only NCHWc layouts; QDQ kept as int8 for ARM kernels).
+Optimisation levels. `model.ort` is for the CPU EP, the EP every phone has: every onnxruntime optimisation
+(level "all", the ORT-format "Fixed" style) baked in for the ARM platform (no x86-only NCHWc layouts; QDQ kept
+as int8 for ARM kernels). `model.fixed.ort` is for NNAPI / CoreML: level "basic" only (constant folding, no
+fusions), so it keeps the standard operators those EPs take; the rewrites leave NNAPI nothing to hand back to
+the CPU on the MiniLM classifier. onnxruntime's alternative for compiling EPs, the "Runtime" style (BASIC
+graph plus saved CPU fusions replayed at load time), is not used: onnxruntime 1.32 cannot replay the saved
+records of a QDQ graph ("SetOpSinceVersionForProducedNodes: Not enough produced nodes in the runtime
+optimization record"), and without the replay its int8 graph runs ~6x slower on the CPU.
 
 Every graph of the package is run here on the CPU EP and checked against model.onnx on the export's own
 verification inputs before the folder is kept; the manifest records the differences and lists every file with
@@ -42,6 +45,7 @@ from dynalora.edge_runtime.tolerances import MOBILE_PARITY_ATOL
 from dynalora.export.errors import ExportError
 
 TARGETS = ("android", "ios", "generic")
+LEVEL_ENV = "ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"
 FIXED_TARGETS = ("android", "ios")
 MOBILE_DIR = "mobile"
 FIXED_BATCH = 1  # one request at a time: what a phone app runs; documented in the README and the manifest
@@ -64,13 +68,11 @@ def pad_token_id(tokenizer: Any) -> int:
     return int(pad) if pad is not None else 0
 
 
-def _session(path: Path, runtime_opt: bool = False) -> Any:
+def _session(path: Path) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    if runtime_opt:
-        options.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for graphs it cannot build
@@ -82,32 +84,57 @@ def _first_line(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:300]
 
 
-def _convert(stage: Path, out: Path, runtime_style: bool) -> None:
-    """convert_onnx_models_to_ort on every .onnx in `stage` -> `out` (.ort files + one required-ops config)."""
+def _convert(model: Path, out: Path, level: str) -> Path:
+    """convert_onnx_models_to_ort on one .onnx (alone in its folder) at optimisation `level` ("all" | "basic"),
+    Fixed style, ARM; returns the .ort path, named after the model (the tool adds the level to the name)."""
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
-    style = OptimizationStyle.Runtime if runtime_style else OptimizationStyle.Fixed
+    import onnxruntime as ort
+
     chatter = logging.getLogger("ort_format_model.utils")  # "Created config in ..." at INFO, per conversion
-    level = chatter.level
+    saved_level, saved_env = chatter.level, os.environ.get(LEVEL_ENV)
     chatter.setLevel(logging.WARNING)
+    os.environ[LEVEL_ENV] = level  # the tool reads its level from this variable only
+    # the tool's sessions use onnxruntime's default log level: an `export adapters` graph (LoRA tensors as
+    # overridable initializers, by design) would print one "appears in graph inputs" warning per tensor
+    ort.set_default_logger_severity(3)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # the tool prints a line per model and style
-            convert_onnx_models_to_ort(stage, output_dir=out, optimization_styles=[style], target_platform="arm")
+        with contextlib.redirect_stdout(io.StringIO()):  # the tool prints a line per model
+            convert_onnx_models_to_ort(model, output_dir=out, optimization_styles=[OptimizationStyle.Fixed],
+                                       target_platform="arm")
     except Exception as exc:  # the tool re-raises onnxruntime's errors as they come
         raise ExportError(f"onnxruntime cannot convert this graph to the ORT format ORT Mobile loads: "
                           f"{_first_line(exc)}") from None
     finally:
-        chatter.setLevel(level)
-    for path in list(out.iterdir()):  # the tool names outputs after the style; the package uses fixed names
-        name = path.name.replace(".with_runtime_opt", "")
-        if name.endswith(".config"):
-            name = "required_operators.config"
-            # its header lists the absolute paths of the conversion's scratch files: keep only the file names
-            lines = [f"# - {Path(l[4:].strip()).name}" if l.startswith("# - ") else l
-                     for l in path.read_text(encoding="utf-8").splitlines()]
-            path.write_text("\n".join(dict.fromkeys(lines)) + "\n", encoding="utf-8")
-        if name != path.name:
-            path.rename(out / name)
+        chatter.setLevel(saved_level)
+        ort.set_default_logger_severity(2)  # onnxruntime's default (warnings)
+        if saved_env is None:
+            os.environ.pop(LEVEL_ENV, None)
+        else:
+            os.environ[LEVEL_ENV] = saved_env
+    suffix = "" if level == "all" else f".{level}"
+    produced = out / f"{model.stem}{suffix}.ort"
+    final = out / f"{model.stem}.ort"
+    produced.rename(final)
+    return final
+
+
+def merge_op_configs(configs: list[Path], dst: Path) -> None:
+    """One reduced-operator config (`domain;opset;op,op,...` lines) holding every operator of `configs`: a
+    minimal ORT build must run each graph of the package. Comment headers list model file names only."""
+    ops: dict[tuple[str, str], set[str]] = {}
+    models: list[str] = []
+    for path in configs:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("# - "):
+                models.append(Path(line[4:].strip()).name.replace(".basic.ort", ".ort"))  # the name it ships as
+            elif line and not line.startswith("#"):
+                domain, opset, names = line.split(";", 2)
+                ops.setdefault((domain, opset), set()).update(n for n in names.split(",") if n)
+        path.unlink()
+    lines = ["# Generated from model/s:", *[f"# - {m}" for m in dict.fromkeys(models)]]
+    lines += [f"{d};{o};{','.join(sorted(names))}" for (d, o), names in sorted(ops.items(), key=lambda k: (k[0][0], int(k[0][1])))]
+    dst.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def fixed_feeds(feeds: Mapping[str, np.ndarray], batch: int, seq: int, pad_id: int) -> dict[str, np.ndarray]:
@@ -209,23 +236,27 @@ def build_mobile(folder: Path, target: str, feeds: Mapping[str, np.ndarray], *, 
     reference = _session(model)
     want = _outputs(reference, feeds)
     fixed = target in FIXED_TARGETS
+    rewrites: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="dynalora-mobile-", dir=folder) as tmp:
-        stage = Path(tmp) / "stage"
-        stage.mkdir()
-        os.link(model, stage / "model.onnx")  # same file system: no copy of the weights
-        rewrites: dict[str, int] = {}
+        stage = Path(tmp)
+        (stage / "cpu").mkdir()
+        os.link(model, stage / "cpu" / "model.onnx")  # same file system: no copy of the weights
+        _convert(stage / "cpu" / "model.onnx", out, "all")
+        configs = [out / "model.required_operators.config"]
         if fixed:
-            rewrites = make_fixed(model, stage / "model.fixed.onnx", batch, seq)
-        _convert(stage, out, runtime_style=fixed)
-        if fixed:
-            shutil.copyfile(stage / "model.fixed.onnx", out / "model.fixed.onnx")
+            rewrites = make_fixed(model, out / "model.fixed.onnx", batch, seq)
+            _convert(out / "model.fixed.onnx", stage / "ep", "basic")
+            shutil.move(stage / "ep" / "model.fixed.ort", out / "model.fixed.ort")
+            configs.append(stage / "ep" / "model.fixed.required_operators.basic.config")
+        merge_op_configs(configs, out / "required_operators.config")
     verification: dict[str, Any] = {"inputs": f"{len(next(iter(feeds.values())))} verification rows", "atol": atol}
-    verification["ort_vs_onnx_max_abs"] = _check("ORT-format", _outputs(_session(out / "model.ort", fixed), feeds),
+    verification["ort_vs_onnx_max_abs"] = _check("ORT-format", _outputs(_session(out / "model.ort"), feeds),
                                                  want, atol)
     entry: dict[str, Any] = {
         "target": target,
         "onnxruntime": onnxruntime.__version__,
-        "optimization_style": "Runtime" if fixed else "Fixed",
+        "optimization": {"model.ort": "all (Fixed style): the CPU EP graph"}
+        | ({"model.fixed.ort": "basic (Fixed style): standard operators for NNAPI / CoreML"} if fixed else {}),
         "target_platform": "arm",
         "ort_model": f"{MOBILE_DIR}/model.ort",
         "reduced_ops_config": f"{MOBILE_DIR}/required_operators.config",
@@ -238,7 +269,7 @@ def build_mobile(folder: Path, target: str, feeds: Mapping[str, np.ndarray], *, 
         verification["fixed_onnx_vs_onnx_max_abs"] = _check("fixed-shape", _outputs(_session(
             out / "model.fixed.onnx"), small), small_want, atol)
         verification["fixed_ort_vs_onnx_max_abs"] = _check("fixed-shape ORT-format", _outputs(_session(
-            out / "model.fixed.ort", True), small), small_want, atol)
+            out / "model.fixed.ort"), small), small_want, atol)
         entry["fixed"] = {"onnx": f"{MOBILE_DIR}/model.fixed.onnx", "ort": f"{MOBILE_DIR}/model.fixed.ort",
                           "batch": batch, "sequence": seq,
                           "padding": "inputs are padded (input_ids with the pad token, masks with 0) or cut to "

@@ -54,8 +54,11 @@ fp16 (`convert_fp16`): `onnxruntime.transformers.float16.convert_float_to_float1
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +72,27 @@ QDQ_CALIBRATION = "MinMax"
 QDQ_ACTIVATION_TYPE = "QUInt8"
 DEFAULT_CALIBRATION_SAMPLES = 256  # training texts a qdq-int8 export calibrates on (`--calibration-samples`)
 VOCAB_INPUT = "input_ids"  # the graph input whose Gather reads the vocabulary embedding table
+
+
+class _DropPreprocessingHint(logging.Filter):
+    """onnxruntime's quantizers log "Please consider to run pre-processing before quantization" (root logger,
+    WARNING) for any graph without its pre-processing metadata. The dynamic int8 path quantises only MatMuls
+    with constant weights, which needs no shape inference; the QDQ path runs the pre-processing itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Please consider to run pre-processing before quantization")
+
+
+@contextlib.contextmanager
+def quiet_quantizer() -> Iterator[None]:
+    """Around onnxruntime's quantize_dynamic / quantize_static only: drop the pre-processing hint, keep the rest."""
+    hint = _DropPreprocessingHint()
+    root = logging.getLogger()
+    root.addFilter(hint)
+    try:
+        yield
+    finally:
+        root.removeFilter(hint)
 
 
 def head_nodes(model_path: str | os.PathLike[str]) -> list[str]:
@@ -96,9 +120,10 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, p
 
     excluded = head_nodes(src) if keep_head_fp32 else []
     try:
-        quantize_dynamic(Path(src), Path(dst), op_types_to_quantize=INT8_OPS, per_channel=per_channel,
-                         reduce_range=False, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
-                         extra_options={"MatMulConstBOnly": True})
+        with quiet_quantizer():
+            quantize_dynamic(Path(src), Path(dst), op_types_to_quantize=INT8_OPS, per_channel=per_channel,
+                             reduce_range=False, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                             extra_options={"MatMulConstBOnly": True})
     except Exception as exc:  # onnxruntime raises bare exceptions for graphs it cannot quantise
         raise ExportError(f"int8 quantisation is not supported for this model: {type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:200]}") from None
@@ -231,11 +256,12 @@ def quantize_qdq_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str], 
     if not quantize_outputs:
         extra["OpTypesToExcludeOutputQuantization"] = list(QDQ_OPS)
     try:
-        quantize_static(model_in, dst, _Feeds(calibration), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=QDQ_OPS, per_channel=per_channel, reduce_range=False,
-                        activation_type=getattr(QuantType, activation_type), weight_type=QuantType.QInt8,
-                        nodes_to_exclude=excluded, calibrate_method=getattr(CalibrationMethod, method),
-                        extra_options=extra)
+        with quiet_quantizer():
+            quantize_static(model_in, dst, _Feeds(calibration), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=QDQ_OPS, per_channel=per_channel, reduce_range=False,
+                            activation_type=getattr(QuantType, activation_type), weight_type=QuantType.QInt8,
+                            nodes_to_exclude=excluded, calibrate_method=getattr(CalibrationMethod, method),
+                            extra_options=extra)
     except Exception as exc:  # onnxruntime raises bare exceptions for graphs it cannot quantise
         raise ExportError(f"qdq-int8 quantisation is not supported for this model: {type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:200]}") from None

@@ -54,13 +54,15 @@ def test_android_package_files_checksums_and_parity(android: Path) -> None:
     for rel in ("mobile/model.ort", "mobile/required_operators.config", "mobile/model.fixed.onnx",
                 "mobile/model.fixed.ort", "mobile/mobile_report.json", "mobile/mobile_report.md"):
         assert rel in manifest.files, rel
-    assert mobile["target"] == "android" and mobile["optimization_style"] == "Runtime"
+    assert mobile["target"] == "android" and set(mobile["optimization"]) == {"model.ort", "model.fixed.ort"}
     assert mobile["fixed"] == {**mobile["fixed"], "batch": 1, "sequence": 24}
     check = mobile["verification"]
     for key in ("ort_vs_onnx_max_abs", "fixed_onnx_vs_onnx_max_abs", "fixed_ort_vs_onnx_max_abs"):
         assert 0 <= check[key] <= MOBILE_PARITY_ATOL["fp32"], key
     config = (android / "mobile/required_operators.config").read_text()
     assert "ai.onnx;" in config and "MatMul" in config and "/tmp" not in config  # no scratch paths leak
+    # one config for both graphs: the CPU graph's LayerNormalization and the fixed graph's ReduceMean
+    assert "LayerNormalization" in config and "ReduceMean" in config and "# - model.fixed.ort" in config
     # the tiny BERT uses GELU (Erf) and LayerNormalization: both rewritten in the fixed graph
     rewrites = mobile["fixed"]["rewrites"]
     assert any(k.startswith("Erf") for k in rewrites) and any(k.startswith("LayerNormalization") for k in rewrites)
@@ -107,7 +109,7 @@ def test_generic_target_without_fixed_graph(bert_run: Path, tmp_path: Path) -> N
     from dynalora.export.merged import export_merged
 
     manifest = export_merged(bert_run, tmp_path / "g", target="generic")
-    assert manifest["mobile"]["optimization_style"] == "Fixed" and "fixed" not in manifest["mobile"]
+    assert set(manifest["mobile"]["optimization"]) == {"model.ort"} and "fixed" not in manifest["mobile"]
     assert "mobile/model.ort" in manifest["files"] and "mobile/model.fixed.onnx" not in manifest["files"]
     load(tmp_path / "g", variant="ort", threads=1).predict(TEXTS[:1])
     with pytest.raises(RuntimeLoadError, match="no fixed-shape graph"):
@@ -227,3 +229,30 @@ def test_bench_mobile_cpu_profile_fixed_variant_and_device_eps(android: Path, ca
     out, err = capsys.readouterr()
     assert code == 1 and "OVER (1)" in out and "exceeds the mobile-cpu profile's cap of 1 MB" in err
     assert "device EPs for mobile/model.fixed.onnx (android): would use NNAPI" in out
+
+
+def test_adapters_export_with_target_switches_adapters_on_every_graph(bert_run: Path, tmp_path: Path,
+                                                                      capfd: pytest.CaptureFixture[str]) -> None:
+    """`export adapters --target android`: the LoRA tensors stay overridable inputs in the .ort and fixed graphs,
+    so onnxruntime's adapters switch there too (a per-example run included), quietly."""
+    from dynalora.core.config import DynamicConfig, LoRAConfig, TrainConfig
+    from dynalora.core.train import train
+    from dynalora.edge_runtime import load
+    from dynalora.export.adapters import export_adapters
+
+    per_example = tmp_path / "run_pe"
+    train(TrainConfig(model=str(bert_run.parent / "model"), task=None, train_file=str(bert_run.parent / "data.csv"),
+                      out=str(per_example), steps=4, batch_size=8, max_length=24, progress=False,
+                      lora=LoRAConfig(rank=2), dynamic=DynamicConfig(input_adaptive="per-example")))
+    capfd.readouterr()
+    manifest = export_adapters([bert_run, per_example], tmp_path / "exp", target="android")
+    assert manifest["mobile"]["fixed"]["rewrites"] and "mobile/model.fixed.ort" in manifest["files"]
+    for name in manifest["adapters"]:
+        reference = load(tmp_path / "exp", threads=1)
+        reference.use_adapter(name)
+        want = reference.predict(TEXTS)["logits"]
+        for variant in ("ort", "fixed-ort"):
+            predictor = load(tmp_path / "exp", threads=1, variant=variant)
+            predictor.use_adapter(name)
+            np.testing.assert_allclose(predictor.predict(TEXTS)["logits"], want, atol=1e-4)
+    assert "appears in graph inputs" not in capfd.readouterr().err  # by design here: not shown to the user

@@ -232,10 +232,12 @@ def test_export_fused_parity_edge_and_bench(fuse_dir: Path, tmp_path: Path, caps
     from dynalora.edge_runtime.bench import run_bench
 
     out = tmp_path / "exp"
-    code, _, err = _cli(["export", "fused", "--fuse", str(fuse_dir), "--out", str(out)], capsys)
+    code, printed, err = _cli(["export", "fused", "--fuse", str(fuse_dir), "--out", str(out), "--target", "android"],
+                              capsys)
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "fused" and manifest["verification"]["max_abs_diff"] <= 1e-4
+    assert "mobile package (android)" in printed and "mobile/model.fixed.ort" in manifest["files"]
     assert len(manifest["verification"]["mixed_tasks"]["tasks_routed"]) >= 1
     predictor = load(out, provider="cpu", threads=1)
     texts = ["good great movie", "team match season win", "bank profit shares price", "awful dull film"]
@@ -251,6 +253,11 @@ def test_export_fused_parity_edge_and_bench(fuse_dir: Path, tmp_path: Path, caps
         np.testing.assert_allclose(value, getattr(want, name).numpy(), atol=1e-4)
     result = run_bench(out, ["cpu"], threads=[1], batches=[1], seqs=[16], repeats=2, warmup=0, progress=False)
     assert result["records"][0]["kind"] == "fused"
+    # the mobile package's graphs (router, top-p and every head in one graph) route and score like model.onnx
+    for variant in ("ort", "fixed-ort"):
+        mobile = load(out, threads=1, variant=variant).predict(texts)
+        np.testing.assert_allclose(mobile["logits"], got["logits"], atol=1e-4)
+        assert mobile["labels"] == got["labels"]
 
 
 # ---- bad input: one line, exit code 2, nothing written -------------------------------------------------------
