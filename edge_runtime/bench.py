@@ -36,7 +36,7 @@ from dynalora.edge_runtime.manifest import Manifest, read_manifest, verify_check
 from dynalora.edge_runtime.predictor import max_positions, model_variant
 from dynalora.edge_runtime.providers import canonical_provider, get_profile, resolve_providers
 from dynalora.edge_runtime.tokenizer import load_tokenizer
-from dynalora.edge_runtime.tolerances import BENCH_PARITY_ATOL
+from dynalora.edge_runtime.tolerances import BENCH_PARITY_ATOL, INT8_BROKEN_ACCURACY_DROP_POINTS
 
 SAMPLE_SENTENCES = (
     "The film is a gripping story with a great cast and a script that never lets go.",
@@ -156,6 +156,16 @@ def validate(folder: Path, manifest: Manifest, provider: str, arrays: dict[str, 
         if not diff <= tolerance:
             raise BenchError(f"onnxruntime ({provider}) and PyTorch disagree: max abs diff {diff:.3g} > {tolerance:.3g}; "
                              "the export does not match torch/ (re-export)")
+    elif manifest.precision == "int8" and "accuracy_change_points" in recorded:
+        # an int8 classifier is judged by what quantisation promises, its accuracy on the run's evaluation split
+        # (recorded by the export), not by an fp32 logit bound: a fully int8 QDQ graph's logits move by more
+        # than 0.5 while its accuracy moves by under a point
+        change = float(recorded["accuracy_change_points"])
+        result.update(compared_to="manifest accuracy", accuracy_change_points=change,
+                      limit_points=-INT8_BROKEN_ACCURACY_DROP_POINTS, max_abs_diff=recorded.get("max_abs_diff"))
+        if not change >= -INT8_BROKEN_ACCURACY_DROP_POINTS:
+            raise BenchError(f"the manifest records an int8 graph {-change:.2f} points less accurate than fp32 (more "
+                             f"than {INT8_BROKEN_ACCURACY_DROP_POINTS:g}: a broken quantisation); re-export with fp32")
     elif recorded:
         diff = float(recorded.get("max_abs_diff", float("nan")))
         result.update(compared_to="manifest", max_abs_diff=diff, tolerance=tolerance)

@@ -383,6 +383,29 @@ def test_bench_bad_inputs(bert_export: Path, lora_export: Path, tmp_path: Path, 
     assert parse_int_list("1,2,2", "--threads") == [1, 2]
 
 
+def test_bench_judges_int8_by_recorded_accuracy(bert_export: Path, tmp_path: Path) -> None:
+    """An int8 manifest with an accuracy record is validated by it (a large logit diff alone is not a failure);
+    a graph that lost more than INT8_BROKEN_ACCURACY_DROP_POINTS is refused in one line before any timing."""
+    from dynalora.edge_runtime.bench import validate
+    from dynalora.edge_runtime.manifest import parse_manifest
+    from dynalora.edge_runtime.tolerances import INT8_BROKEN_ACCURACY_DROP_POINTS
+
+    arrays = {"input_ids": np.array([[2, 7, 3]]), "attention_mask": np.ones((1, 3), np.int64),
+              "token_type_ids": np.zeros((1, 3), np.int64)}
+    base = json.loads((bert_export / "manifest.json").read_text())
+    for change, ok in ((-0.85, True), (-INT8_BROKEN_ACCURACY_DROP_POINTS - 0.5, False)):
+        data = {**base, "precision": "int8", "verification": {"max_abs_diff": 0.72, "tolerance": 0.5,
+                                                             "accuracy_change_points": change}}
+        manifest = parse_manifest(data)
+        if ok:
+            result = validate(bert_export, manifest, "CPUExecutionProvider", arrays, False, 1, False)
+            assert result["compared_to"] == "manifest accuracy" and result["accuracy_change_points"] == change
+        else:
+            with pytest.raises(DynaloraError, match="points less accurate than fp32") as info:
+                validate(bert_export, manifest, "CPUExecutionProvider", arrays, False, 1, False)
+            assert "\n" not in str(info.value)
+
+
 # -- shared measurement helpers (feeds, timing, environment, tolerances) ---------------------------
 def test_ort_feeds_fill_cast_and_prefill() -> None:
     from types import SimpleNamespace as Arg
