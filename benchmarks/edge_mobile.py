@@ -92,8 +92,9 @@ def main() -> int:
         manifest = export_variant(run, folder, VARIANTS[name])
         mobile, ver = manifest["mobile"], manifest["verification"]
         seq = mobile["fixed"]["sequence"]
-        _log(f"device-graph accuracy of {name}")
-        acc_fixed, n_eval = device_accuracy(folder, run, "fixed-ort")
+        _log(f"accuracy of {name}: model.onnx and the device graph")
+        acc_onnx, n_eval = device_accuracy(folder, run, "onnx")
+        acc_fixed, _ = device_accuracy(folder, run, "fixed-ort")
         report = json.loads((folder / mobile["report"]).read_text())
         fixed_graph = report["graphs"]["mobile/model.fixed.onnx"]
         row = {
@@ -102,7 +103,8 @@ def main() -> int:
             "model_fixed_ort_mb": mb(folder / "mobile/model.fixed.ort"),
             "accuracy_fp32": ver.get("accuracy_fp32"), "accuracy_export": ver.get("accuracy_int8"),
             "accuracy_change_points": ver.get("accuracy_change_points"),
-            "accuracy_fixed_ort": acc_fixed, "eval_examples": n_eval, "fixed_sequence": seq,
+            "accuracy_onnx": acc_onnx, "accuracy_fixed_ort": acc_fixed, "eval_examples": n_eval,
+            "fixed_sequence": seq, "load_average": os.getloadavg(),
             "mobile_verification": mobile["verification"],
             "coverage_fixed": {ep: {k: e.get(k) for k in ("node_share", "compute_share", "partitions", "suitability",
                                                          "unsupported_ops", "in_qdq_units", "matmul_nodes")}
@@ -151,21 +153,25 @@ def render(result: dict[str, Any]) -> str:
     lines = ["# Mobile-class exports (issue 14)", "",
              f"Run `{Path(result['run']).name}` ({result['run']}); evaluation split of the run. Machine: "
              f"{env.get('cpu', '')}, {env.get('logical_cores', '')} logical cores, onnxruntime "
-             f"{env.get('packages', {}).get('onnxruntime', '')}. Regenerate: "
-             "`python benchmarks/edge_mobile.py --run RUN`.", "",
+             f"{env.get('versions', {}).get('onnxruntime', '')}, load average {env.get('load_average')} (shared "
+             "machine: compare within this report). Regenerate: `python benchmarks/edge_mobile.py --run RUN`.", "",
+             "Accuracy columns: `model.onnx` through the edge runtime (batches padded to the longest text), the "
+             "export's own check (int8 variants, the same graph through onnxruntime directly), and the phone graph "
+             "`mobile/model.fixed.ort` (one text at a time, padded to the fixed length; dynamic int8 computes its "
+             "activation scales over the padding too, so its number differs slightly from model.onnx's).", "",
              "## Size, accuracy and device coverage (`export merged --target android`)", "",
-             "| variant | model.onnx MB | .ort MB | fixed .ort MB | accuracy (export check) | change vs fp32 (pt) "
-             "| accuracy, fixed .ort graph | NNAPI nodes / compute / partitions | CoreML MLProgram | QNN QDQ units |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| variant | model.onnx MB | .ort MB | fixed .ort MB | accuracy, model.onnx | export check | change vs "
+             "fp32 (pt) | accuracy, fixed .ort | NNAPI nodes / compute / partitions | CoreML MLProgram | QNN QDQ units |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["variants"]:
         c = r["coverage_fixed"]
         nn, ml, q = c["NNAPI"], c["CoreML MLProgram"], c["QNN"]
-        acc = r["accuracy_export"] if r["accuracy_export"] is not None else r["accuracy_fp32"]
         qnn = (f"{q['in_qdq_units']}/{q['matmul_nodes']} MatMul, {_f(100 * q['compute_share'] if q.get('compute_share') is not None else None)}% of compute"
                if q.get("matmul_nodes") is not None else "n/a (float graph)")
         lines.append(
             f"| {r['variant']} | {_f(r['model_onnx_mb'])} | {_f(r['model_ort_mb'])} | {_f(r['model_fixed_ort_mb'])} | "
-            f"{_f(acc, '.4f')} | {_f(r['accuracy_change_points'], '+.2f')} | {_f(r['accuracy_fixed_ort'], '.4f')} | "
+            f"{_f(r.get('accuracy_onnx'), '.4f')} | {_f(r['accuracy_export'], '.4f')} | "
+            f"{_f(r['accuracy_change_points'], '+.2f')} | {_f(r['accuracy_fixed_ort'], '.4f')} | "
             f"{100 * nn['node_share']:.1f}% / {_f(100 * nn['compute_share'] if nn['compute_share'] is not None else None)}% "
             f"/ {nn['partitions']} ({nn['suitability']}) | {100 * ml['node_share']:.1f}%, {ml['partitions']} partitions | "
             f"{qnn} |")
@@ -177,6 +183,13 @@ def render(result: dict[str, Any]) -> str:
                      f"dynamic-shape model.onnx for comparison: NNAPI {100 * r['coverage_dynamic_nnapi']['node_share']:.1f}% "
                      f"of nodes in {r['coverage_dynamic_nnapi']['partitions']} partitions")
     lines += ["", "## Timing under `--profile mobile-cpu` (batch 1, run's max_length, median of repeats)", "",
+              "`model.ort` is the CPU EP's graph; `model.fixed.ort` is built for NNAPI / CoreML (BASIC optimisations "
+              "only, standard operators), so on this CPU it runs without onnxruntime's fusions: its CPU timing is "
+              "what a phone would see only for nodes an EP hands back. Peak RSS is the worker process's high-water "
+              "mark. An `.ort` load peaks higher than the `.onnx` one here (measured, cause not isolated); "
+              "ORT Mobile's `session.use_ort_model_bytes_for_initializers` is meant to avoid copying the "
+              "weights on a device, but it crashed the desktop Python package in a quick trial, so it is not "
+              "used.", "",
               "| variant | graph | threads | p50 ms | p50 vs fp32 | load s | load vs .onnx | first inference ms "
               "| first vs .onnx | peak RSS MB | within cap |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in result["timings"]:

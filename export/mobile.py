@@ -165,13 +165,13 @@ def fold_constants(src: Path, dst: Path) -> None:
     ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"], disabled_optimizers=["MatMulAddFusion"])
 
 
-def make_fixed(src: Path, dst: Path, batch: int, seq: int) -> dict[str, int]:
+def make_fixed(src: Path, dst: Path, batch: int, seq: int, target: str = "android") -> dict[str, int]:
     """Fix every 2-D [batch, sequence] graph input to (batch, seq), constant-fold (BASIC), apply the mobile
-    rewrites; refuses a graph with another dynamic input (it would stay dynamic)."""
+    rewrites for `target`'s EP; refuses a graph with another dynamic input (it would stay dynamic)."""
     import onnx
     from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_input_shape_fixed
 
-    from dynalora.export.mobile_rewrite import rewrite_for_mobile
+    from dynalora.export.mobile_rewrite import FOR_TARGET, rewrite_for_mobile
 
     model = onnx.load(str(src))
     inits = {i.name for i in model.graph.initializer}
@@ -192,7 +192,7 @@ def make_fixed(src: Path, dst: Path, batch: int, seq: int) -> dict[str, int]:
         folded = Path(tmp) / "folded.onnx"
         fold_constants(raw, folded)
         model = onnx.shape_inference.infer_shapes(onnx.load(str(folded)))
-    counts = rewrite_for_mobile(model)
+    counts = rewrite_for_mobile(model, FOR_TARGET[target])
     model = onnx.shape_inference.infer_shapes(model)
     onnx.checker.check_model(model)
     onnx.save_model(model, str(dst))
@@ -244,7 +244,7 @@ def build_mobile(folder: Path, target: str, feeds: Mapping[str, np.ndarray], *, 
         _convert(stage / "cpu" / "model.onnx", out, "all")
         configs = [out / "model.required_operators.config"]
         if fixed:
-            rewrites = make_fixed(model, out / "model.fixed.onnx", batch, seq)
+            rewrites = make_fixed(model, out / "model.fixed.onnx", batch, seq, target)
             _convert(out / "model.fixed.onnx", stage / "ep", "basic")
             shutil.move(stage / "ep" / "model.fixed.ort", out / "model.fixed.ort")
             configs.append(stage / "ep" / "model.fixed.required_operators.basic.config")

@@ -182,8 +182,15 @@ REWRITES = {
 }
 
 
-def rewrite_for_mobile(model: Any) -> dict[str, int]:
-    """Apply every rewrite in place (main graph, standard-domain nodes); returns {description: nodes rewritten}.
+# Which operators to rewrite for which device: NNAPI (android) lacks all four; CoreML's MLProgram (ios) runs
+# LayerNormalization, Erf and Where itself (and lacks Abs / Neg, which the Erf polynomial uses), so only
+# Expand is rewritten there.
+FOR_TARGET = {"android": ("LayerNormalization", "Erf", "Expand", "Where"), "ios": ("Expand",)}
+
+
+def rewrite_for_mobile(model: Any, ops: tuple[str, ...] | None = None) -> dict[str, int]:
+    """Apply the rewrites of `ops` (default: all) in place (main graph, standard-domain nodes); returns
+    {description: nodes rewritten}.
 
     Expects shape-inferred value_info (the rewrites of Expand / Where read element types)."""
     opset = _opset(model)
@@ -193,7 +200,8 @@ def rewrite_for_mobile(model: Any) -> dict[str, int]:
     new_nodes: list[Any] = []
     counts: dict[str, int] = {}
     for node in model.graph.node:
-        entry = REWRITES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        wanted = ops is None or node.op_type in ops
+        entry = REWRITES.get(node.op_type) if wanted and node.domain in ("", "ai.onnx") else None
         replacement = entry[1](model, node, opset, taken) if entry else None
         if replacement is None:
             new_nodes.append(node)

@@ -256,3 +256,17 @@ def test_adapters_export_with_target_switches_adapters_on_every_graph(bert_run: 
             predictor.use_adapter(name)
             np.testing.assert_allclose(predictor.predict(TEXTS)["logits"], want, atol=1e-4)
     assert "appears in graph inputs" not in capfd.readouterr().err  # by design here: not shown to the user
+
+
+def test_ios_rewrites_only_what_coreml_lacks(bert_run: Path, tmp_path: Path) -> None:
+    from dynalora.edge_runtime import load
+    from dynalora.export.merged import export_merged
+
+    manifest = export_merged(bert_run, tmp_path / "ios", target="ios")
+    assert [k.split(" ")[0] for k in manifest["mobile"]["fixed"]["rewrites"]] == ["Expand"]
+    report = json.loads((tmp_path / "ios/mobile/mobile_report.json").read_text())
+    mlprogram = report["graphs"]["mobile/model.fixed.onnx"]["eps"]["CoreML MLProgram"]
+    # the NNAPI rewrites of Erf would add Abs / Neg, which MLProgram lacks; it runs Erf and LayerNormalization
+    assert not {"ai.onnx:Abs", "ai.onnx:Neg", "ai.onnx:Expand"} & set(mlprogram["unsupported_ops"])
+    np.testing.assert_allclose(load(tmp_path / "ios", variant="fixed-ort", threads=1).predict(TEXTS)["logits"],
+                               load(tmp_path / "ios", threads=1).predict(TEXTS)["logits"], atol=1e-4)
