@@ -251,6 +251,14 @@ def save_single_file(model: Any, path: Path) -> None:
                     location=path.name + ".data" if large else None)
 
 
+class _DropTorchDtypeNotice(logging.Filter):
+    """transformers 4.57 logs "`torch_dtype` is deprecated! Use `dtype` instead!" when optimum's exporter loads
+    the saved model with the old keyword (optimum-onnx 0.1.0's call, not ours to change)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("`torch_dtype` is deprecated")
+
+
 class _DropTorchvisionNotice(logging.Filter):
     """torch.onnx lists "torchvision is not installed. Skipping torchvision::nms" (and 3 more ops) at the first
     dynamo export of a process: the registry skips ops no text model has."""
@@ -270,6 +278,9 @@ def quiet_onnx_export() -> Iterator[None]:
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
     notice = _DropTorchvisionNotice()
     registration.addFilter(notice)
+    config_log = logging.getLogger("transformers.configuration_utils")
+    dtype_notice = _DropTorchDtypeNotice()
+    config_log.addFilter(dtype_notice)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
@@ -278,3 +289,4 @@ def quiet_onnx_export() -> Iterator[None]:
             yield
     finally:
         registration.removeFilter(notice)
+        config_log.removeFilter(dtype_notice)

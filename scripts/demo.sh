@@ -3,8 +3,11 @@
 #   1. `dynalora cluster up`: a single-node Ray cluster bound to 127.0.0.1 only
 #   2. `ray job submit ... dynalora train --backend ray --workers 2`: dynamic LoRA on MiniLM +
 #      Rotten Tomatoes (real model, real labelled data, both installed offline from PyPI)
-#   3. `dynalora export merged` (fp32 and int8), verified against PyTorch before they are written
-#   4. `dynalora bench --compare-torch` on both exports
+#   3. `dynalora export merged` (fp32 and int8), verified against PyTorch before they are written; the int8
+#      export also gets an Android package (--target android: .ort model, reduced-op config, fixed-shape graph,
+#      NNAPI / CoreML coverage report)
+#   4. `dynalora bench --compare-torch` on both exports, and the Android package's .ort model under the
+#      phone-class profile (--profile mobile-cpu: 1-2 threads, no arena, peak-RSS cap)
 #   5. fusion (DLP-style): a second adapter (BBC news topics), a router over both, `fuse eval`,
 #      `export fused` (router + top-p + stacked adapters in one verified ONNX graph) and its bench.
 #      DEMO_FUSION=0 skips this stage.
@@ -40,13 +43,15 @@ ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
 
 echo "== 3/5 exporting to ONNX (fp32 and int8), verified against PyTorch =="
 dynalora export merged --run "$OUT/run" --out "$OUT/export-fp32" --overwrite
-dynalora export merged --run "$OUT/run" --out "$OUT/export-int8" --quantize int8 --overwrite
+dynalora export merged --run "$OUT/run" --out "$OUT/export-int8" --quantize int8 --target android --overwrite
 
 echo "== 4/5 benchmarking on this CPU (onnxruntime vs PyTorch eager) =="
 for e in fp32 int8; do
   dynalora bench "$OUT/export-$e" --compare-torch --threads 2 --batch 1,8 --seq 32,128 --repeats 20 \
     --json "$OUT/bench-$e.json" --plot "$OUT/bench-$e.png" --overwrite
 done
+dynalora bench "$OUT/export-int8" --variant ort --profile mobile-cpu --seq 64 --repeats 20 \
+  --json "$OUT/bench-int8-mobile.json" --overwrite
 
 if [ "${DEMO_FUSION:-1}" = 1 ]; then
   echo "== 5/5 fusion: a BBC-news adapter, a router over both tasks, one fused ONNX graph =="
@@ -63,8 +68,8 @@ fi
 echo
 echo "== done =="
 echo "  run:        $OUT/run  (metrics.jsonl, allocation.jsonl, allocation.png, adapter/)"
-echo "  exports:    $OUT/export-fp32  $OUT/export-int8"
-echo "  benchmarks: $OUT/bench-fp32.json  $OUT/bench-int8.json (+ .png)"
+echo "  exports:    $OUT/export-fp32  $OUT/export-int8 (+ mobile/: Android package, mobile_report.md)"
+echo "  benchmarks: $OUT/bench-fp32.json  $OUT/bench-int8.json (+ .png)  $OUT/bench-int8-mobile.json"
 if [ "${DEMO_FUSION:-1}" = 1 ]; then
   echo "  fusion:     $OUT/fuse (fuse-eval.json)  $OUT/export-fused  $OUT/bench-fused.json"
 fi
