@@ -85,6 +85,10 @@ def targets_lines(report: dict[str, Any]) -> list[str]:
     for b, v in sorted(s["per_budget"].items(), key=lambda kv: int(kv[0])):
         lo, hi = (v.get("ci95") or [float("nan")] * 2)
         L.append(f"- average rank {b} ({v['cell']}): dynamic - static = {verdict(v['mean_diff_points'] or float('nan'), lo, hi)}")
+        if v.get("dynamic_allocation_moved") is False:
+            L.append("  - the default dynamic method never moved rank in this cell (every layer ended at the average "
+                     "rank; with min rank = average rank there is nothing to move): its difference from static is "
+                     "initialisation noise, not allocation")
         lo2, hi2 = (v.get("dynamic_r_vs_static_2r_ci95") or [float("nan")] * 2)
         d2 = v.get("dynamic_r_vs_static_2r_points")
         if d2 is not None:

@@ -119,6 +119,12 @@ def cell_tables(records: list[dict[str, Any]]) -> dict[str, Any]:
                                 for m, tm in per_task.items()},
             "rank_split": {m: rank_split([r for r in evals if r["config"]["method"] == m])
                            for m in scores if any(r["result"].get("ranks") for r in evals if r["config"]["method"] == m)},
+            # False when no run of the method ended with two layers at different ranks: e.g. min rank = average
+            # rank leaves the allocator nothing to move, and its difference from static is init noise
+            "allocation_moved": {m: any(len(set((r["result"].get("ranks") or {}).values())) > 1
+                                        for r in evals if r["config"]["method"] == m)
+                                 for m in scores if any(r["result"].get("ranks") for r in evals
+                                                        if r["config"]["method"] == m)},
             "seeds": sorted({s for tm in scores.values() for d in tm.values() for s in d})}
 
 
@@ -128,7 +134,8 @@ def summarize(cells: dict[str, dict[str, Any]], meta: dict[str, dict[str, Any]])
     for key, cell in sorted(cells.items()):
         b = str(meta[key]["budget"])
         c = cell["comparisons"]
-        entry = {"cell": key, "targets": meta[key]["targets"], "regime": meta[key]["regime"]}
+        entry = {"cell": key, "targets": meta[key]["targets"], "regime": meta[key]["regime"],
+                 "dynamic_allocation_moved": cell.get("allocation_moved", {}).get("dynamic")}
         for name, label in (("mean_diff_points", "dynamic r - static r"), ("dynamic_r_vs_static_2r_points", "dynamic r - static 2r"),
                             ("dynamic_vs_peft_adalora_points", "dynamic r - PEFT AdaLoRA r")):
             o = c.get(label, {}).get("over_tasks", {})

@@ -98,3 +98,23 @@ def test_run_config_hash_changes_with_any_setting(tmp_path: Path) -> None:
     assert len({rank_study.config_hash(x) for x in (a, b, c)}) == 3
     (tmp_path / "t1" / "train.jsonl").write_text('{"text": "b", "label": "x"}\n')  # data change -> new hash
     assert rank_study.config_hash(rank_study.run_config(cell, "dynamic", "t1", "eval", 3e-3, 0, tmp_path, s)) != rank_study.config_hash(a)
+
+
+def test_report_flags_a_cell_where_the_allocator_never_moved_rank() -> None:
+    recs = []
+    for m in ("static", "dynamic"):
+        recs.append(_rec(m, "t1", "val", 1e-3, 0, 0.8))
+        recs += [_rec(m, "t1", "eval", 1e-3, s, 0.7 + 0.01 * s) for s in range(2)]
+    meta = {"r2-all-epochs": {"budget": 2, "targets": ["query", "key", "value", "dense"], "regime": {"epochs": 3.0}}}
+    frozen = report.cell_tables(recs)  # every layer of every run at rank 2
+    assert frozen["allocation_moved"] == {"static": False, "dynamic": False}
+    summary = report.summarize({"r2-all-epochs": frozen}, meta)
+    assert summary["per_budget"]["2"]["dynamic_allocation_moved"] is False
+    from rank_study_render import targets_lines
+
+    assert any("never moved rank" in line for line in targets_lines({"summary": summary}))
+    recs[-1]["result"]["ranks"] = {"a": 1, "b": 3}  # one dynamic run moved rank from one layer to another
+    moved = report.cell_tables(recs)
+    assert moved["allocation_moved"]["dynamic"] is True
+    summary = report.summarize({"r2-all-epochs": moved}, meta)
+    assert not any("never moved rank" in line for line in targets_lines({"summary": summary}))
