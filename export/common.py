@@ -187,16 +187,23 @@ def max_abs(a: np.ndarray, b: np.ndarray) -> float:
     return diff if diff == diff else float("inf")  # NaN counts as a failure
 
 
+def eval_logits(sess: Any, tokenizer: Any, examples: Sequence[Any], max_length: int, run_options: Any = None,
+                batch: int = 64) -> np.ndarray:
+    """The graph's logits on `examples`, encoded and run `batch` at a time (padded to each batch's longest)."""
+    names = [i.name for i in sess.get_inputs()]
+    return np.concatenate([run_logits(sess, encode(tokenizer, examples[i : i + batch], max_length, names), run_options)
+                           for i in range(0, len(examples), batch)])
+
+
+def accuracy_of(logits: np.ndarray, examples: Sequence[Any]) -> float:
+    """Share of `examples` whose label is the argmax of its row of `logits`."""
+    return float((logits.argmax(-1) == np.array([e.label for e in examples])).mean())
+
+
 def accuracy(sess: Any, tokenizer: Any, examples: Sequence[Any], max_length: int, run_options: Any = None,
              batch: int = 64) -> float:
     """Classification accuracy of the graph on `examples` (argmax of the logits vs the labels)."""
-    names = [i.name for i in sess.get_inputs()]
-    correct = 0
-    for i in range(0, len(examples), batch):
-        chunk = examples[i : i + batch]
-        logits = run_logits(sess, encode(tokenizer, chunk, max_length, names), run_options)
-        correct += int((logits.argmax(-1) == np.array([e.label for e in chunk])).sum())
-    return correct / len(examples)
+    return accuracy_of(eval_logits(sess, tokenizer, examples, max_length, run_options, batch), examples)
 
 
 def base_manifest(*, kind: str, run_info: dict[str, Any] | None, model_type: str, inputs: Sequence[str],

@@ -25,8 +25,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from dynalora.atomic import atomic_dir
 from dynalora.core.outdir import OutLock
 from dynalora.edge_runtime.feeds import ort_feeds
@@ -40,8 +38,10 @@ from dynalora.edge_runtime.tolerances import (
 from dynalora.export.common import (
     PARITY_ATOL_FP32,
     accuracy,
+    accuracy_of,
     base_manifest,
     encode,
+    eval_logits,
     eval_examples,
     load_run_checked,
     max_abs,
@@ -236,18 +236,6 @@ def _check_calibration_samples(quantize: str | None, samples: int | None) -> Non
         raise ExportError(f"--calibration-samples must be an integer >= 1, got {samples!r}")
 
 
-def _eval_logits(sess: Any, run: Any, examples: list, max_length: int, run_options: Any = None,
-                 batch: int = 64) -> np.ndarray:
-    """Logits of a graph on `examples`, in batches of `batch` (as common.accuracy runs them)."""
-    names = [i.name for i in sess.get_inputs()]
-    return np.concatenate([run_logits(sess, encode(run.tokenizer, examples[i : i + batch], max_length, names),
-                                      run_options) for i in range(0, len(examples), batch)])
-
-
-def _accuracy(logits: np.ndarray, examples: list) -> float:
-    return float((logits.argmax(-1) == np.array([e.label for e in examples])).mean())
-
-
 def _int8(src: Path, work: Path, run: Any, examples: list, max_length: int, fp32: Any, limit: int | None,
           verification: dict) -> tuple[Path, str]:
     """int8 graph of `src`, judged by accuracy (classification runs only: export_merged refuses others up front).
@@ -320,14 +308,15 @@ def _qdq_int8(src: Path, work: Path, run: Any, examples: list, max_length: int, 
     acc32 = accuracy(fp32, run.tokenizer, subset, max_length)
     acc8 = accuracy(session(dst), run.tokenizer, subset, max_length)
     final, acc8 = _with_int8_embeddings(dst, work / "qdq_embeddings.onnx", acc8, run, subset, max_length, info)
-    fused = _eval_logits(session(final), run, subset, max_length)
-    fake = _eval_logits(session(final, opt_level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL), run, subset, max_length)
+    fused = eval_logits(session(final), run.tokenizer, subset, max_length)
+    fake = eval_logits(session(final, opt_level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL), run.tokenizer, subset,
+                       max_length)
     diff = max_abs(fused, fake)
     info["fake_quant_parity"] = {
         "reference": "the same QDQ graph with ORT_DISABLE_ALL (QuantizeLinear / DequantizeLinear in float)",
         "compared": "ORT_ENABLE_ALL on the CPU EP (QDQ fused into int8 kernels)",
         "texts": len(subset), "max_abs": diff, "argmax_agreement": float((fused.argmax(-1) == fake.argmax(-1)).mean()),
-        "accuracy_fake_quant": _accuracy(fake, subset), "tolerance": QDQ_FAKE_QUANT_ATOL}
+        "accuracy_fake_quant": accuracy_of(fake, subset), "tolerance": QDQ_FAKE_QUANT_ATOL}
     verification["int8"] = info
     verification.update(accuracy_split=f"evaluation split of {run.path.name} ({len(subset)} examples)",
                         accuracy_fp32=acc32, accuracy_int8=acc8, accuracy_change_points=100 * (acc8 - acc32))

@@ -69,12 +69,11 @@ def pad_token_id(tokenizer: Any) -> int:
 
 
 def _session(path: Path) -> Any:
-    import onnxruntime as ort
+    """common.session (CPU EP, errors only in the log), with onnxruntime's failure as a one-line ExportError."""
+    from dynalora.export.common import session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        return session(path)
     except Exception as exc:  # onnxruntime raises its own exception types for graphs it cannot build
         raise ExportError(f"onnxruntime (and so ORT Mobile) cannot run {path.name}: {_first_line(exc)}") from None
 
