@@ -21,6 +21,7 @@ import torch
 from dynalora.core.choice import encode_choices
 from dynalora.core.config import TrainConfig
 from dynalora.core.data import MULTIPLE_CHOICE, Example, TaskData, TaskSpec, for_objective, load_task
+from dynalora.core.task import GENERATION
 from dynalora.errors import ConfigError
 
 
@@ -74,7 +75,12 @@ def encode(tokenizer: Any, examples: list[Example], max_length: int, problem: st
 
 
 def encode_batch(tokenizer: Any, spec: TaskSpec, examples: list[Example], max_length: int) -> dict[str, torch.Tensor]:
-    """Model inputs + labels for any task: option rows for multiple choice (core/choice.py), else `encode`."""
+    """Model inputs + labels for any task: option rows for multiple choice (core/choice.py), prompt + response
+    rows for generation (core/generate.py), else `encode`."""
+    if spec.problem == GENERATION:
+        from dynalora.core.generate import encode_generation
+
+        return encode_generation(tokenizer, spec, examples, max_length)
     if spec.problem == MULTIPLE_CHOICE:
         return encode_choices(tokenizer, spec, examples, max_length)
     return encode(tokenizer, examples, max_length, spec.problem)

@@ -7,13 +7,18 @@ A task whose examples all share one `target_scores` key set is a fixed-label cla
 keys, sorted, are the labels). A task whose options differ per example (social_iqa, goal_step_wikihow)
 is multiple choice: each example keeps its own options, in file order, and needs a causal LM that scores
 them (`--objective choice`, core/choice.py). The right answer is the option with the highest score.
+A task whose examples carry `target` (a string or a list of strings) and no `target_scores` is generative
+(`--objective generate`, core/generate.py): text = the input, response = the first target, references =
+every target (stripped, empty ones and repeats dropped, order kept); an example with no non-empty target
+is skipped. Examples with both keep the scored-options reading above.
 
 A task folder without a task.json of its own but with subtask folders (goal_step_wikihow:
 goal_inference, step_inference, step_ordering) is the union of its subtasks; `bigbench:<task>/<subtask>`
 names one.
 
-Prompt format (multiple choice): BIG-bench's own fields. prefix = task_prefix + example_input_prefix
-(default "Q: "), suffix = example_output_prefix (default "\\nA:"), each option scored as " " + option.
+Prompt format (multiple choice and generation): BIG-bench's own fields. prefix = task_prefix +
+example_input_prefix (default "Q: "), suffix = example_output_prefix (default "\\nA:"), each option scored
+as " " + option; a generative task gets the same prefix and suffix around its input.
 Examples keep the raw input as their text, so a router reads the input, not a constant task prefix.
 """
 
@@ -24,7 +29,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dynalora.core.task import CLASSIFICATION, MULTIPLE_CHOICE, Example, TaskData, TaskSpec, read_utf8, seeded_split
+from dynalora.core.task import (
+    CLASSIFICATION,
+    GENERATION,
+    MULTIPLE_CHOICE,
+    Example,
+    TaskData,
+    TaskSpec,
+    read_utf8,
+    seeded_split,
+)
 from dynalora.errors import DataError
 
 _DEFAULT_EVAL_FRACTION = 0.2
@@ -38,10 +52,29 @@ def _read(path: Path, name: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: invalid JSON ({exc.msg})") from None
     examples = task.get("examples") if isinstance(task, dict) else None
-    if not examples or not all(isinstance(e, dict) and isinstance(e.get("target_scores"), dict) and e["target_scores"]
-                               and "input" in e for e in examples):
-        raise DataError(f"{path}: bigbench:{name} has no scored answer options (examples need input and target_scores)")
-    return task
+    if examples and all(isinstance(e, dict) and "input" in e for e in examples):
+        if all(isinstance(e.get("target_scores"), dict) and e["target_scores"] for e in examples):
+            return task
+        if all("target_scores" not in e and _is_target(e.get("target")) for e in examples):
+            return task
+    raise DataError(f"{path}: bigbench:{name} has no scored answer options or targets (examples need input and "
+                    "target_scores, or input and target)")
+
+
+def _is_target(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(t, str) for t in value))
+
+
+def _generative(name: str, where: Path, raw: list[dict[str, Any]]) -> list[Example]:
+    examples = []
+    for e in raw:
+        targets = [e["target"]] if isinstance(e["target"], str) else e["target"]
+        refs = tuple(dict.fromkeys(t.strip() for t in targets if t.strip()))
+        if refs:  # an example with no non-empty target has nothing to train on
+            examples.append(Example(str(e["input"]).strip(), None, 0, response=refs[0], references=refs))
+    if not examples:
+        raise DataError(f"{where}: bigbench:{name} has no example with a non-empty target")
+    return examples
 
 
 def _task_files(root: Path, name: str) -> list[Path]:
@@ -70,8 +103,17 @@ def load_bigbench(name: str, data_dir: str | None, seed: int, eval_size: int | f
         raise DataError(f"bigbench:{name}: its subtasks use different prompt formats; name one subtask "
                         f"(bigbench:{name}/<subtask>)")
     raw = [e for t in tasks for e in t["examples"]]
-    key_sets = {frozenset(e["target_scores"]) for e in raw}
     where = files[0] if len(files) == 1 else files[0].parent.parent
+    scored = {"target_scores" in e for e in raw}
+    if scored == {False}:  # targets only: a generative task
+        examples = _generative(name, where, raw)
+        spec = TaskSpec(f"bigbench:{name}", GENERATION, (), False, prompt=next(iter(prompts)))
+        train, evals, note = seeded_split(examples, seed, eval_size, _DEFAULT_EVAL_FRACTION)
+        return TaskData(spec, train, evals, f"BIG-bench {name} from {where} (generation), {note}")
+    if scored != {True}:
+        raise DataError(f"bigbench:{name}: some subtasks score answer options (target_scores) and some only have "
+                        f"targets; name one subtask (bigbench:{name}/<subtask>)")
+    key_sets = {frozenset(e["target_scores"]) for e in raw}
     if len(key_sets) == 1:  # fixed labels: a classification task
         names = tuple(sorted(next(iter(key_sets))))
         examples = [Example(str(e["input"]).strip(), None, max(range(len(names)), key=lambda k, s=e["target_scores"]: s[names[k]]))

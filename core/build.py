@@ -16,6 +16,7 @@ from torch import nn
 from dynalora.core.config import TrainConfig
 from dynalora.core.controller import RankController
 from dynalora.core.data import TaskData
+from dynalora.core.task import GENERATION
 from dynalora.errors import ConfigError
 from dynalora.core.inject import inject_adapters
 from dynalora.core.models import load_task_model, load_tokenizer, resolve_model_path
@@ -37,6 +38,8 @@ def build_model(
 ) -> tuple[nn.Module, Any, RankController, str]:
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path)
+    if data.spec.problem == GENERATION:
+        check_generation(cfg, data, tokenizer)
     model = load_task_model(model_path, data.spec.num_labels, data.spec.problem, seed=cfg.seed)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -54,6 +57,17 @@ def build_model(
         model.to(device)  # before the controller: its statistics buffer lives on the layers' device
     controller = RankController(layers, ctx, cfg.lora, cfg.dynamic, steps, seed=cfg.seed)
     return model, tokenizer, controller, model_path
+
+
+def check_generation(cfg: TrainConfig, data: TaskData, tokenizer: Any) -> None:
+    """What a generation run cannot do, refused before the model loads or anything is written."""
+    from dynalora.core.generate import check_lengths
+
+    if cfg.dynamic.input_adaptive == "per-example":
+        raise ConfigError("--input-adaptive per-example does not apply to generation: the gate is computed per "
+                          "forward, and with a KV cache each decoding step sees one token; use layer (default) or off")
+    check_lengths(tokenizer, data.spec, data.train, cfg.max_length, "training")
+    check_lengths(tokenizer, data.spec, data.eval, cfg.max_length, "evaluation")
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, steps: int) -> tuple[torch.optim.Optimizer, Any, dict[int, str]]:

@@ -171,7 +171,9 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     warmup_ratio: float = field(default=0.06, metadata={"help": "linear LR warm-up share of steps"})
     max_length: int = field(default=64, metadata={"help": "tokens per example (truncation)"})
-    objective: str = field(default="auto", metadata={"help": "auto | classifier | choice (score answer options by a causal LM's log-likelihood)"})
+    objective: str = field(default="auto", metadata={"help": "auto | classifier | choice (score answer options by a causal LM's log-likelihood) | generate (prompt -> response)"})
+    max_new_tokens: int = field(default=64, metadata={"help": "generation runs: tokens generated per evaluation prompt (greedy)"})
+    stop: list[str] | None = field(default=None, metadata={"help": "generation runs: strings that end an answer (besides the end-of-turn token)"})
     seed: int = field(default=0, metadata={"help": "seed for init, data order and dropout"})
     eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0: only at the end)"})
     checkpoint_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: never)"})
@@ -254,8 +256,12 @@ class TrainConfig:
             raise ConfigError(f"--max-length must be >= 2, got {self.max_length}")
         if self.max_length > MAX_LENGTH_LIMIT:
             raise ConfigError(f"--max-length {self.max_length} is beyond any model's context ({MAX_LENGTH_LIMIT} tokens at most)")
-        if self.objective not in ("auto", "classifier", "choice"):
-            raise ConfigError(f"unknown objective {self.objective!r}: use auto, classifier or choice")
+        if self.objective not in ("auto", "classifier", "choice", "generate"):
+            raise ConfigError(f"unknown objective {self.objective!r}: use auto, classifier, choice or generate")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.stop is not None and not all(self.stop):
+            raise ConfigError("--stop strings must be non-empty")
         if self.backend not in ("local", "torchrun", "ray"):
             raise ConfigError(f"unknown backend {self.backend!r}: use local, torchrun or ray")
         if self.workers < 1:

@@ -10,6 +10,22 @@ numbers will come from.
     data = load_task("bigbench:social_iqa", data_dir=BENCH_TASKS)    # BIG-bench (core/bigbench.py)
     data = load_task(None, train_file="train.csv", eval_size=0.1)    # your own data
 
+User files (.csv / .tsv / .jsonl) hold one of three kinds of record, told apart by the train file's
+columns / fields (every record of a file, and the eval file, must be of the train file's kind):
+
+    text, [text_pair], label          classification or regression (labels inferred from the train file)
+    text, [text_pair], choices, label multiple choice (its own options per example)
+    prompt, response, [references]    generation: the response is trained on; references (a list of
+                                      strings) are extra acceptable answers for the metrics
+    messages, [references]            generation (JSONL): a chat, a list of {"role", "content"} with roles
+                                      system / user / assistant; the last message is the assistant's answer
+                                      (the response), the one before it the user's prompt, earlier ones the
+                                      example's history
+
+Generation prompts, responses, references and message contents are stripped of surrounding whitespace.
+`for_objective` turns a task into what the training objective needs (e.g. a classification task into
+generation whose answer is the label name).
+
 Seeded splits (core/task.py) sort the deduplicated examples into a stable order, shuffle with
 `random.Random(seed)` and cut: the same seed gives the same split on every machine, and no eval text
 is in train.
@@ -34,6 +50,7 @@ from dynalora.core.glue import GLUE as _GLUE
 from dynalora.core.glue import glue_spec, load_glue_dir, load_glue_hub
 from dynalora.core.task import (  # noqa: F401 - re-exported: the public types live here for callers
     CLASSIFICATION,
+    GENERATION,
     MULTIPLE_CHOICE,
     OBJECTIVES,
     PROBLEMS,
@@ -117,10 +134,15 @@ def _refuse_eval_size(eval_size: int | float | None, why: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# User files: .csv / .tsv / .jsonl with columns text, [text_pair], label
+# User files: .csv / .tsv / .jsonl with columns text, [text_pair], label (or choices), or generation records
+# (prompt, response / messages); see the module docstring.
+
+_LABELED, _PROMPT, _CHAT = "text/label", "prompt/response", "chat messages"  # the kinds of record
+_ROLES = ("system", "user", "assistant")
 
 
-def _read_records(path_str: str) -> list[tuple[int, dict[str, Any]]]:
+def _read_records(path_str: str, want: str | None = None) -> tuple[str, list[tuple[int, dict[str, Any]]]]:
+    """The records of a data file (line, record) and their kind; `want`: the kind the file must hold."""
     path = Path(path_str).expanduser()
     if path.is_dir():
         raise DataError(f"data file {path} is a folder; pass a .csv, .tsv or .jsonl file")
@@ -130,8 +152,16 @@ def _read_records(path_str: str) -> list[tuple[int, dict[str, Any]]]:
     if suffix not in (".jsonl", ".csv", ".tsv"):
         raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv or .jsonl")
     text = read_utf8(path)
-    records = _jsonl_records(path, text) if suffix == ".jsonl" else _delimited_records(path, text, suffix == ".tsv")
-    for line, rec in records:
+    if suffix == ".jsonl":
+        records = _jsonl_records(path, text)
+        kind = _jsonl_kind(path, records)
+    else:
+        records, columns = _delimited_records(path, text, suffix == ".tsv")
+        kind = _columns_kind(path, columns)
+    if want is not None and records and kind != want:
+        raise DataError(f"{path}:{records[0][0]}: holds {kind} records but the train file holds {want} records; "
+                        "use one format for both files")
+    for line, rec in records if kind == _LABELED else ():
         for column in ("text", "label"):
             if rec.get(column) is None or rec.get(column) == "":
                 raise DataError(f"{path}:{line}: missing column {column!r}")
@@ -142,7 +172,41 @@ def _read_records(path_str: str) -> list[tuple[int, dict[str, Any]]]:
             raise DataError(f"{path}:{line}: label {rec['label']!r} is not a finite number")
     if not records:
         raise DataError(f"{path} holds no examples")
-    return records
+    return kind, records
+
+
+def _record_kind(path: Path, line: int, rec: dict[str, Any]) -> str:
+    if "messages" in rec:
+        if "prompt" in rec or "response" in rec:
+            raise DataError(f"{path}:{line}: holds both 'messages' and 'prompt'/'response'; use one of the two")
+        return _CHAT
+    return _PROMPT if "prompt" in rec or "response" in rec else _LABELED
+
+
+def _jsonl_kind(path: Path, records: list[tuple[int, dict[str, Any]]]) -> str:
+    """The kind of every record of a JSONL file; a file that mixes kinds is a DataError."""
+    if not records:
+        return _LABELED
+    first, kind = records[0][0], _record_kind(path, *records[0])
+    for line, rec in records[1:]:
+        other = _record_kind(path, line, rec)
+        if other != kind:
+            raise DataError(f"{path}:{line}: a {other} record, but line {first} is a {kind} record; "
+                            "use one format per file")
+    return kind
+
+
+def _columns_kind(path: Path, columns: list[str]) -> str:
+    """The kind of a CSV/TSV file, from its header: prompt/response columns make it generation."""
+    if "prompt" in columns or "response" in columns:
+        for column in ("prompt", "response"):
+            if column not in columns:
+                raise DataError(f"{path}:1: missing column {column!r} (found {columns})")
+        return _PROMPT
+    for column in ("text", "label"):
+        if column not in columns:
+            raise DataError(f"{path}: missing column {column!r} (found {columns})")
+    return _LABELED
 
 
 def _jsonl_records(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
@@ -162,7 +226,7 @@ def _jsonl_records(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
     return records
 
 
-def _delimited_records(path: Path, text: str, tsv: bool) -> list[tuple[int, dict[str, Any]]]:
+def _delimited_records(path: Path, text: str, tsv: bool) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
     # TSV is read unquoted (GLUE style: quotes are text); CSV uses standard quoting.
     kwargs: dict[str, Any] = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {}
     records: list[tuple[int, dict[str, Any]]] = []
@@ -173,10 +237,7 @@ def _delimited_records(path: Path, text: str, tsv: bool) -> list[tuple[int, dict
         columns = reader.fieldnames or []
     except csv.Error as exc:
         raise DataError(f"{path}:{reader.line_num}: not a valid {'TSV' if tsv else 'CSV'} file ({exc})") from None
-    for column in ("text", "label"):
-        if column not in columns:
-            raise DataError(f"{path}: missing column {column!r} (found {columns})")
-    return records
+    return records, list(columns)
 
 
 _INT = re.compile(r"[+-]?\d+")
@@ -243,6 +304,8 @@ def _to_examples(path: str, records: list[tuple[int, dict[str, Any]]], spec: Tas
                  mapper: Callable[[Any], Any]) -> list[Example]:
     if spec.problem == MULTIPLE_CHOICE:
         return [_choice_example(path, line, rec) for line, rec in records]
+    if spec.problem == GENERATION:
+        return [_generation_example(path, line, rec) for line, rec in records]
     examples = []
     for line, rec in records:
         label = mapper(rec["label"])
@@ -281,16 +344,85 @@ def _choice_example(path: str, line: int, rec: dict[str, Any]) -> Example:
     return Example(str(rec["text"]), None if pair in (None, "") else str(pair), index, choices)
 
 
+def _generation_example(path: str, line: int, rec: dict[str, Any]) -> Example:
+    """One generation record: prompt + response, or chat `messages`; optional `references`."""
+    where = f"{path}:{line}"
+    if "messages" in rec:
+        prompt, response, history = _chat_turns(where, rec["messages"])
+    else:
+        for field in ("prompt", "response"):
+            if field not in rec:
+                raise DataError(f"{where}: missing field {field!r}")
+        prompt, response = _gen_text(where, "prompt", rec["prompt"]), _gen_text(where, "response", rec["response"])
+        history = ()
+    if not prompt:
+        raise DataError(f"{where}: empty prompt")
+    if not response:
+        raise DataError(f"{where}: empty response")
+    return Example(prompt, None, 0, response=response, references=_references(where, rec.get("references"), response),
+                   history=history)
+
+
+def _gen_text(where: str, field: str, value: Any) -> str:
+    if value is None:  # JSON null, or a CSV row cut short
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise DataError(f"{where}: {field!r} must be a string, got {type(value).__name__}")
+    return str(value).strip()
+
+
+def _chat_turns(where: str, messages: Any) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    """(prompt, response, history) of a chat: the last message the assistant's, the one before the user's."""
+    shape = f"{where}: 'messages' must be a list of {{\"role\": ..., \"content\": ...}} objects"
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{shape}, got {type(messages).__name__ if messages else 'an empty list'}")
+    turns = []
+    for k, m in enumerate(messages, start=1):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise DataError(f"{shape} (message {k} is {m!r:.80})")
+        if m["role"] not in _ROLES:
+            raise DataError(f"{where}: message {k} has unknown role {m['role']!r}; use {', '.join(_ROLES)}")
+        turns.append((m["role"], m["content"].strip()))
+    if turns[-1][0] != "assistant":
+        raise DataError(f"{where}: the last message must be the assistant's answer, got a {turns[-1][0]} message")
+    if len(turns) < 2 or turns[-2][0] != "user":
+        got = f"a {turns[-2][0]} message" if len(turns) >= 2 else "nothing"
+        raise DataError(f"{where}: the message before the assistant's answer must be the user's prompt, got {got}")
+    return turns[-2][1], turns[-1][1], tuple(turns[:-2])
+
+
+def _references(where: str, raw: Any, response: str) -> tuple[str, ...]:
+    """(response, *references), stripped, duplicates dropped, order kept; a JSON list in a CSV/TSV cell."""
+    if raw is None or raw == "":
+        return (response,)
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError:
+            raw = None
+    if not isinstance(raw, list) or not all(isinstance(r, str) and r.strip() for r in raw):
+        raise DataError(f"{where}: 'references' must be a list of non-empty strings")
+    return tuple(dict.fromkeys([response, *(r.strip() for r in raw)]))
+
+
 def for_objective(data: TaskData, objective: str) -> TaskData:
     """The task as the training objective needs it.
 
-    auto: multiple choice when the examples carry their own options, else as loaded. choice: a
-    classification task becomes multiple choice whose options are the label names (scored by a causal
-    LM's option log-likelihood). classifier: refuses tasks whose options differ per example.
+    auto: multiple choice when the examples carry their own options, generation when they are
+    prompt/response pairs, else as loaded. choice: a classification task becomes multiple choice whose
+    options are the label names (scored by a causal LM's option log-likelihood). classifier: refuses tasks
+    whose options differ per example. generate: a classification task becomes prompt -> label name, a
+    multiple-choice task prompt -> the right option's text (a text pair joins the prompt after a newline);
+    regression is refused. classifier and choice refuse generation tasks.
     """
     if objective not in OBJECTIVES:
         raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     spec = data.spec
+    if objective == "generate":
+        return _as_generation(data)
+    if spec.problem == GENERATION and objective in ("classifier", "choice"):
+        raise ConfigError(f"task {spec.name} has prompt/response pairs: --objective {objective} cannot learn it; "
+                          "use --objective generate (or auto) with a causal LM (e.g. --model smollm2-135m)")
     if objective == "classifier" and spec.problem == MULTIPLE_CHOICE:
         raise ConfigError(f"task {spec.name} has its own answer options per example: a classifier head cannot "
                           "learn it; use --objective choice with a causal LM (e.g. --model smollm2-135m)")
@@ -304,13 +436,46 @@ def for_objective(data: TaskData, objective: str) -> TaskData:
     return TaskData(mc, convert(data.train), convert(data.eval), f"{data.source}; options = label names {list(names)}")
 
 
+def _as_generation(data: TaskData) -> TaskData:
+    """`--objective generate`: prompt -> the label name / the right option's text; generation as is."""
+    spec = data.spec
+    if spec.problem == GENERATION:
+        return data
+    if spec.problem == CLASSIFICATION:
+        names = tuple(spec.label_names)
+        answer: Callable[[Example], str] = lambda e: names[int(e.label)]  # noqa: E731
+        what = f"response = label name {list(names)}"
+    elif spec.problem == MULTIPLE_CHOICE:
+        answer = lambda e: (e.choices or ())[int(e.label)]  # noqa: E731
+        what = "response = the right option's text"
+    else:
+        raise ConfigError(f"--objective generate needs a generation, classification or multiple-choice task; "
+                          f"{spec.name} is {spec.problem} (use --objective classifier)")
+
+    def convert(examples: list[Example]) -> list[Example]:
+        out = []
+        for e in examples:
+            prompt = e.text if e.text_pair is None else f"{e.text}\n{e.text_pair}"
+            out.append(Example(prompt, None, 0, response=answer(e), references=(answer(e),)))
+        return out
+
+    gen = TaskSpec(spec.name, GENERATION, (), False, prompt=spec.prompt)
+    if spec.has_pair:
+        what += ", text pair joined to the prompt by a newline"
+    return TaskData(gen, convert(data.train), convert(data.eval), f"{data.source}; as generation: {what}")
+
+
 def _load_files(task: str | None, train_file: str, eval_file: str | None, seed: int,
                 eval_size: int | float | None) -> TaskData:
-    train_records = _read_records(train_file)
-    choice = any("choices" in rec for _, rec in train_records)
-    if choice:
+    kind, train_records = _read_records(train_file)
+    choice = kind == _LABELED and any("choices" in rec for _, rec in train_records)
+    if kind != _LABELED:
+        spec = TaskSpec(task or Path(train_file).stem, GENERATION, (), False)
+        mapper: Callable[[Any], Any] = lambda v: v  # noqa: E731 - unused: generation records carry no label
+        checked = f", generation ({kind})"
+    elif choice:
         spec = TaskSpec(task or Path(train_file).stem, MULTIPLE_CHOICE, (), False)
-        mapper: Callable[[Any], Any] = lambda v: v  # noqa: E731 - checked per example in _choice_example
+        mapper = lambda v: v  # noqa: E731 - checked per example in _choice_example
         checked = ", multiple choice (choices column)"
     elif task is not None and (task in _GLUE or task in _BUILTINS):
         spec = _spec_for(task)
@@ -322,7 +487,7 @@ def _load_files(task: str | None, train_file: str, eval_file: str | None, seed: 
         spec, mapper = _infer_spec(task or Path(train_file).stem, train_records, train_file)
         checked = ""
     train = _to_examples(train_file, train_records, spec, mapper)
-    evals = _to_examples(eval_file, _read_records(eval_file), spec, mapper) if eval_file is not None else []
+    evals = _to_examples(eval_file, _read_records(eval_file, kind)[1], spec, mapper) if eval_file is not None else []
     if choice:
         has_pair = any(e.text_pair is not None for e in train)
         spec = TaskSpec(spec.name, MULTIPLE_CHOICE, (), has_pair, num_choices=max(len(e.choices or ()) for e in train + evals))

@@ -270,8 +270,8 @@ def load_causal_lm(name_or_path: str, *, cache_dir: str | None = None, seed: int
     local = os.path.isdir(path)
     config = _pretrained("read a model config", AutoConfig.from_pretrained, path, local_files_only=local)
     if config.model_type in ENCODER_FAMILIES or getattr(config, "is_encoder_decoder", False):
-        raise ConfigError(f"{name_or_path} is a {config.model_type} model, not a causal LM: multiple-choice scoring by "
-                          "option log-likelihood needs one (e.g. --model smollm2-135m); an encoder needs a task with "
+        raise ConfigError(f"{name_or_path} is a {config.model_type} model, not a causal LM: generation and "
+                          "multiple-choice scoring need one (e.g. --model smollm2-135m); an encoder needs a task with "
                           "fixed labels and --objective classifier")
     with torch.random.fork_rng(devices=[]), _fresh_head_notice(shown=not head_restored):
         torch.manual_seed(seed)
@@ -285,10 +285,10 @@ def load_causal_lm(name_or_path: str, *, cache_dir: str | None = None, seed: int
 
 def load_task_model(name_or_path: str, num_labels: int, problem: str, *, seed: int = 0,
                     head_restored: bool = False) -> torch.nn.Module:
-    """The model a task trains: a causal LM for multiple choice, else a sequence classifier.
+    """The model a task trains: a causal LM for multiple choice and generation, else a sequence classifier.
 
     head_restored: the caller replaces the head right after (see `load_classifier`)."""
-    if problem == "multiple_choice":
+    if problem in ("multiple_choice", "generation"):
         return load_causal_lm(name_or_path, seed=seed, head_restored=head_restored)
     return load_classifier(name_or_path, num_labels, problem, seed=seed, head_restored=head_restored)
 

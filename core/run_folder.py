@@ -25,6 +25,7 @@ from dynalora.atomic import write_json, write_text
 from dynalora.core.config import TrainConfig
 from dynalora.core.controller import RankController
 from dynalora.core.data import MULTIPLE_CHOICE, TaskData
+from dynalora.core.task import GENERATION
 from dynalora.errors import CheckpointError, ConfigError
 from dynalora.core.outdir import check_out_path, check_replaceable, check_unlocked, final_path, is_empty_dir, staging_path, write_marker
 from dynalora.core.run_io import save_adapter
@@ -113,6 +114,15 @@ def truncate_logs(out: Path, step: int) -> None:
         truncate_log(Path(out) / name, step)
 
 
+def _generation_info(cfg: TrainConfig, tokenizer: Any) -> dict[str, Any]:
+    """How a generation run's prompts are written and answers decoded (evaluation and export reuse it)."""
+    from dynalora.core.generate import PLAIN_PROMPT, prompt_format
+
+    fmt = prompt_format(tokenizer)
+    return {"prompt_format": fmt, **({"plain_prompt": PLAIN_PROMPT} if fmt == "plain" else {}),
+            "max_new_tokens": cfg.max_new_tokens, "stop": list(cfg.stop or [])}
+
+
 def finish_run(
     out: Path, cfg: TrainConfig, data: TaskData, model: nn.Module, tokenizer: Any, controller: RankController,
     model_path: str, metrics: dict[str, float], steps: int, world: int,
@@ -138,7 +148,8 @@ def finish_run(
             "base_model": model_path,
             "model_type": getattr(model.config, "model_type", ""),
             "task": {"name": spec.name, "problem": spec.problem, "label_names": list(spec.label_names), "num_labels": spec.num_labels, "has_pair": spec.has_pair,
-                     **({"prompt": list(spec.prompt)} if spec.problem == MULTIPLE_CHOICE else {})},
+                     **({"prompt": list(spec.prompt)} if spec.problem in (MULTIPLE_CHOICE, GENERATION) else {}),
+                     **(_generation_info(cfg, tokenizer) if spec.problem == GENERATION else {})},
             "data": data.source,
             "n_train": len(data.train),
             "n_eval": len(data.eval),

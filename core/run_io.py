@@ -71,7 +71,7 @@ def save_adapter(model: nn.Module, folder: Path, *, base_model: str, extra: dict
     r0 = max(ranks.values()) if ranks else 1
     config = {
         "peft_type": "LORA",
-        "task_type": "CAUSAL_LM" if extra.get("problem") == "multiple_choice" else "SEQ_CLS",
+        "task_type": "CAUSAL_LM" if extra.get("problem") in ("multiple_choice", "generation") else "SEQ_CLS",
         "base_model_name_or_path": base_model,
         "r": r0,
         "lora_alpha": scaling * r0,

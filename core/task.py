@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dynalora.errors import ConfigError, DataError, not_utf8_message
@@ -20,26 +20,37 @@ from dynalora.errors import ConfigError, DataError, not_utf8_message
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
 MULTIPLE_CHOICE = "multiple_choice"  # per-example answer options, scored by a causal LM (core/choice.py)
-PROBLEMS = (CLASSIFICATION, REGRESSION, MULTIPLE_CHOICE)
-OBJECTIVES = ("auto", "classifier", "choice")
+GENERATION = "generation"  # prompt -> response, a causal LM generates the answer (core/generate.py)
+PROBLEMS = (CLASSIFICATION, REGRESSION, MULTIPLE_CHOICE, GENERATION)
+OBJECTIVES = ("auto", "classifier", "choice", "generate")
 
 
 @dataclass(frozen=True)
 class Example:
     text: str
     text_pair: str | None
-    label: int | float  # class index; value for regression; index into `choices` for multiple choice
+    label: int | float  # class index; value for regression; index into `choices` for multiple choice; 0 for generation
     choices: tuple[str, ...] | None = None  # multiple choice only: this example's answer options
+    response: str | None = None  # generation only: the answer trained on (the first reference)
+    references: tuple[str, ...] | None = None  # generation only: every acceptable answer (metrics take the best)
+    history: tuple[tuple[str, str], ...] = ()  # generation only: (role, content) messages before the prompt
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Generation: the reference answers the metrics compare against (the response when no others)."""
+        if self.references:
+            return self.references
+        return (self.response,) if self.response is not None else ()
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
-    problem: str  # "classification", "regression" or "multiple_choice"
+    problem: str  # "classification", "regression", "multiple_choice" or "generation"
     label_names: tuple[str, ...]  # index -> name; () for regression and multiple choice
     has_pair: bool
     num_choices: int = 0  # multiple choice: the largest number of options of any example
-    prompt: tuple[str, str] = ("", "")  # multiple choice: text before / after the input (core/choice.py)
+    prompt: tuple[str, str] = ("", "")  # multiple choice / generation: text before / after the input
 
     def __post_init__(self) -> None:
         if self.problem not in PROBLEMS:
@@ -49,6 +60,8 @@ class TaskSpec:
     def num_labels(self) -> int:
         if self.problem == MULTIPLE_CHOICE:
             return self.num_choices
+        if self.problem == GENERATION:
+            return 0
         return 1 if self.problem == REGRESSION else len(self.label_names)
 
 
@@ -72,15 +85,32 @@ def read_utf8(path: Path) -> str:
 
 # ---- seeded split and truncation ------------------------------------------------------------
 def example_key(e: Example) -> tuple:
-    """What makes two examples the same input: the text(s), and the options of a multiple-choice example."""
+    """What makes two examples the same input: the text(s), the options of a multiple-choice example, the
+    earlier messages of a generation example (its response is the answer, not the input)."""
+    if e.response is not None:
+        return (e.text, e.text_pair, e.history)
     return (e.text, e.text_pair) if e.choices is None else (e.text, e.text_pair, e.choices)
 
 
+def _answer(e: Example) -> object:
+    """What two copies of one input must agree on: the label; for generation nothing (one prompt may have
+    several good answers: the first copy is kept)."""
+    return None if e.response is not None else e.label
+
+
 def _dedupe(examples: Sequence[Example]) -> tuple[list[Example], int, int]:
-    """Drop exact duplicate inputs (keep one) and inputs seen with conflicting labels (drop all)."""
-    labels: dict[tuple, set[int | float]] = {}
+    """Drop exact duplicate inputs (keep one) and inputs seen with conflicting labels (drop all).
+
+    Generation: copies of one prompt are one example whose references are all the copies' answers (in file
+    order; the first copy's response is the one trained on), as a data-to-text corpus lists several
+    acceptable texts for one input."""
+    labels: dict[tuple, set[object]] = {}
+    answers: dict[tuple, list[str]] = {}
     for e in examples:
-        labels.setdefault(example_key(e), set()).add(e.label)
+        labels.setdefault(example_key(e), set()).add(_answer(e))
+        if e.response is not None:
+            bucket = answers.setdefault(example_key(e), [])
+            bucket += [t for t in e.targets if t not in bucket]
     conflicting = {k for k, v in labels.items() if len(v) > 1}
     seen: set[tuple] = set()
     kept = []
@@ -89,6 +119,8 @@ def _dedupe(examples: Sequence[Example]) -> tuple[list[Example], int, int]:
         if key in conflicting or key in seen:
             continue
         seen.add(key)
+        if e.response is not None and len(answers[key]) > len(e.targets):
+            e = replace(e, references=tuple(answers[key]))
         kept.append(e)
     n_conflict = sum(1 for e in examples if example_key(e) in conflicting)
     return kept, len(examples) - len(kept) - n_conflict, n_conflict
@@ -111,12 +143,15 @@ def _eval_count(eval_size: int | float, n: int) -> int:
 def seeded_split(examples: Sequence[Example], seed: int, eval_size: int | float | None,
                   default: int | float) -> tuple[list[Example], list[Example], str]:
     unique, duplicates, conflicts = _dedupe(examples)
-    ordered = sorted(unique, key=lambda e: (e.text, e.text_pair or "", str(e.label), e.choices or ()))
+    ordered = sorted(unique, key=lambda e: (e.text, e.text_pair or "", str(e.label), e.choices or (), e.history,
+                                            e.response or ""))
     random.Random(seed).shuffle(ordered)
     n_eval = _eval_count(default if eval_size is None else eval_size, len(ordered))
     evals, train = ordered[:n_eval], ordered[n_eval:]
     note = f"seeded split seed={seed}: {len(train)} train / {len(evals)} eval"
-    if duplicates or conflicts:
+    if unique and unique[0].response is not None and duplicates:
+        note += f" ({duplicates} repeated prompts merged: their answers are the first copy's references)"
+    elif duplicates or conflicts:
         note += f" (dropped {duplicates} duplicate and {conflicts} conflicting-label examples)"
     return train, evals, note
 

@@ -98,7 +98,7 @@ def _print_summary(result: Any, average_rank: int) -> None:
 
     print("\n== evaluation ==")
     for k, v in result.metrics.items():
-        print(f"  {k:>10}: {v:.4f}")
+        print(f"  {k:>11}: {v}" if isinstance(v, int) else f"  {k:>11}: {v:.4f}")
     print("== final rank per layer ==")
     print("  " + "  ".join(f"{short_name(n)}={r}" for n, r in result.ranks.items()))
     print("== rank budget ==")

@@ -139,10 +139,10 @@ def export_fused(fuse_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
         fusion = load_fusion(fuse_dir)
     except DynaloraError as exc:
         raise ExportError(f"cannot load fusion {fuse_dir}: {exc}") from None
-    if fusion.model.problem == "multiple_choice":
-        raise ExportError(f"{fuse_dir} fuses causal-LM multiple-choice adapters: `export fused` exports classifier "
-                          "fusions only (router, top-p and heads in one graph); score options with "
-                          "dynalora.load_fusion(...).model.score_choices in PyTorch")
+    if fusion.model.causal:
+        raise ExportError(f"{fuse_dir} fuses causal-LM adapters: `export fused` exports classifier fusions only "
+                          "(router, top-p and heads in one graph); use dynalora.load_fusion(...).model.score_choices "
+                          "/ .generate in PyTorch")
     fused, tok, ml = fusion.model, fusion.tokenizer, fusion.max_length
     ids = input_names(tok)
     mixed = mixed_examples(fusion)

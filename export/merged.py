@@ -62,6 +62,8 @@ QUANTIZE = (None, "int8", "qdq-int8", "fp16")
 CALIBRATION_BATCH = 8  # calibration texts per onnxruntime run, padded to the longest like evaluation and runtime
 BERT_FAMILY = {"bert", "roberta", "xlm-roberta", "electra", "camembert"}
 VERIFY_BATCH = 32
+LM_PROBLEMS = ("multiple_choice", "generation")  # runs whose adapter is a causal-LM adapter
+GREEDY_PROMPTS, GREEDY_TOKENS = 4, 16  # greedy-generation parity of a merged causal-LM export
 WORK = ".work"  # scratch folder inside the temporary export folder; removed before the manifest
 
 
@@ -138,11 +140,11 @@ def export_merged(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
     run = load_run_checked(run_dir)
     problem = run.info["task"]["problem"]
     if quantize == "qdq-int8" and problem != "classification":  # refuse before any export work
-        alternative = "fp32 or --quantize int8" if problem == "multiple_choice" else "fp32"
+        alternative = "fp32 or --quantize int8" if problem in LM_PROBLEMS else "fp32"
         raise ExportError("qdq-int8 export is only verified for classification runs (accuracy is the check); "
                           f"export this {problem} run with {alternative}")
     check_target(target)
-    if run.info["task"]["problem"] == "multiple_choice":
+    if run.info["task"]["problem"] in LM_PROBLEMS:
         if target is not None:
             raise ExportError("--target builds mobile packages of encoder exports (classification / regression); "
                               "a causal-LM decoder goes to devices through onnxruntime-genai, not ORT Mobile")
@@ -340,8 +342,12 @@ def _fp16(src: Path, work: Path, feeds: dict, reference: Any, verification: dict
 
 
 def _export_merged_lm(run: Any, out: Path, quantize: str | None, opset: int | None, overwrite: bool) -> dict[str, Any]:
-    """A multiple-choice run is a causal-LM adapter: merge it and export the LM as text generation with
-    KV cache (the option scores are the LM's log-probabilities; the runtime's generate() runs it)."""
+    """A multiple-choice or generation run is a causal-LM adapter: merge it and export the LM as text
+    generation with KV cache (option scores are the LM's log-probabilities; the runtime's generate() runs it).
+
+    Besides the base check (logits of a fixed prompt), the export's greedy generations on the run's first
+    evaluation prompts are compared with the merged PyTorch model's (`_greedy_parity`): fp32 must produce
+    the same tokens or nothing is written; an int8 export records its token agreement."""
     import tempfile
 
     from dynalora.export.merge import merged_model
@@ -353,16 +359,56 @@ def _export_merged_lm(run: Any, out: Path, quantize: str | None, opset: int | No
         merged.save_pretrained(tmpdir, safe_serialization=True)
         run.tokenizer.save_pretrained(tmpdir)
         return export_base(tmpdir, out, quantize=quantize, opset=opset, overwrite=overwrite,
-                           merged_from=(run.path, run.info))
+                           merged_from=(run.path, run.info),
+                           check=lambda folder, precision: _greedy_parity(run, merged, folder, precision))
+
+
+def _greedy_parity(run: Any, merged: Any, folder: Path, precision: str) -> dict[str, Any]:
+    """Greedy tokens of the export (our ORT runtime, KV cache) vs the merged PyTorch model, one prompt at a time."""
+    import numpy as np
+
+    from dynalora.core.batches import load_data
+    from dynalora.core.choice import prompt_text
+    from dynalora.core.generate import eos_ids, generate_ids, prompt_ids
+    from dynalora.edge_runtime import load
+
+    data = load_data(run.config)
+    examples = data.eval[:GREEDY_PROMPTS]
+    if data.spec.problem == "generation":
+        prompts = [prompt_ids(run.tokenizer, data.spec, e) for e in examples]
+        steps = min(GREEDY_TOKENS, int(run.config.max_new_tokens))
+    else:
+        prompts = [list(run.tokenizer(prompt_text(data.spec, e))["input_ids"]) for e in examples]
+        steps = GREEDY_TOKENS
+    runtime = load(folder, verify=False)
+    eos = set(eos_ids(run.tokenizer, merged))
+    same = total = identical = 0
+    for p in prompts:
+        want = generate_ids(merged, run.tokenizer, [p], steps)[0]
+        got = runtime.greedy_decode(np.asarray([p], dtype=np.int64), steps, stop_at_eos=True)["tokens"][0].tolist()
+        got = got[: next((k for k, t in enumerate(got) if t in eos), len(got))]  # as generate_ids: up to eos
+        n = max(len(want), len(got))
+        same += sum(a == b for a, b in zip(want, got))
+        total += n
+        identical += want == got
+    record = {"prompts": len(prompts), "max_new_tokens": steps, "identical_sequences": identical,
+              "token_agreement": same / max(1, total), "data": "the run's evaluation split, first prompts"}
+    if precision == "fp32" and identical != len(prompts):
+        raise ExportError(f"the fp32 export's greedy generations differ from PyTorch on {len(prompts) - identical} of "
+                          f"{len(prompts)} evaluation prompts; nothing was written")
+    return record
 
 
 def export_base(model: str, out: str | os.PathLike[str], *, task_kind: str = "text-generation-with-past",
                 quantize: str | None = None, opset: int | None = None, overwrite: bool = False,
-                with_torch: bool = True, merged_from: tuple[Path, dict[str, Any]] | None = None) -> dict[str, Any]:
+                with_torch: bool = True, merged_from: tuple[Path, dict[str, Any]] | None = None,
+                check: Any = None) -> dict[str, Any]:
     """Export a plain base model (no run), e.g. a causal LM with its KV cache for decode benchmarks.
 
     with_torch: copy the HF weights into EXPORT/torch/ so `dynalora bench --compare-torch` can run them.
     merged_from: (run folder, run.json) when `model` is a run's merged causal LM (`export merged`).
+    check(folder, precision) -> dict: a further verification of the finished folder (recorded under
+    verification.greedy); it raises to refuse the export, and then nothing is written.
     """
     from dynalora.errors import DynaloraError
     from dynalora.core.models import resolve_model_path
@@ -418,6 +464,9 @@ def export_base(model: str, out: str | os.PathLike[str], *, task_kind: str = "te
                             run_metrics=info.get("metrics", {}))
         manifest["verification"] = verification
         written = write_export_manifest(tmp, manifest)
+        if check is not None:
+            manifest["verification"]["greedy"] = check(tmp, precision)
+            written = write_export_manifest(tmp, manifest)
     return written
 
 

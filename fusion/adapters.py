@@ -4,7 +4,7 @@ several of them can share one base model (`check_compatible`).
     from dynalora.fusion.adapters import read_adapter, check_compatible
     specs = [read_adapter("runs/rt"), read_adapter("runs/bbc")]; check_compatible(specs)
 
-A run is fusable when it is a classification or causal-LM multiple-choice run whose input gate does not
+A run is fusable when it is a classification, causal-LM multiple-choice or generation run whose input gate does not
 depend on the input (`--input-adaptive layer` or `off`). Adapter folders are read through
 `dynalora.core.run_io.read_adapter_files`, the one reader of adapter folders; the base model is not loaded.
 The stacked fused model built from the specs lives in `dynalora.fusion.model`.
@@ -21,7 +21,8 @@ import torch
 from dynalora.errors import CheckpointError, DynaloraError
 from dynalora.core.run_io import AdapterFiles, _read_json, read_adapter_files
 
-FUSABLE = ("classification", "multiple_choice")
+FUSABLE = ("classification", "multiple_choice", "generation")
+CAUSAL = ("multiple_choice", "generation")  # causal-LM runs: no task head, the LM answers; they fuse together
 
 
 class FusionError(DynaloraError):
@@ -72,8 +73,8 @@ def read_adapter(run_dir: str | Path) -> AdapterSpec:
     dyn = files.dyn
     task = info["task"]
     if task.get("problem") not in FUSABLE:
-        raise FusionError(f"{path} is a {task.get('problem')} run: fusion supports classification and multiple-choice "
-                          "runs only")
+        raise FusionError(f"{path} is a {task.get('problem')} run: fusion supports classification, multiple-choice "
+                          "and generation runs only")
     mode = str(dyn.get("input_adaptive", "layer"))
     if mode == "per-example":
         raise FusionError(f"{path} is a per-example input-adaptive run: its gate depends on the input, so it cannot "
@@ -93,9 +94,9 @@ def check_compatible(specs: list[AdapterSpec]) -> None:
                 f"{first.path} and {s.path} were trained on different base models ({first.info.get('model_type')} "
                 f"{first.info.get('base_model')} vs {s.info.get('model_type')} {s.info.get('base_model')}): "
                 "fuse only adapters of one base model")
-        if s.problem != first.problem:
+        if s.problem != first.problem and not (s.problem in CAUSAL and first.problem in CAUSAL):
             raise FusionError(f"{first.path} is a {first.problem} run and {s.path} a {s.problem} run: fuse runs of one "
-                              "kind (classifier heads or causal-LM multiple choice)")
+                              "kind (classifier heads, or causal-LM multiple-choice / generation runs)")
         if set(s.ranks) != set(first.ranks):
             only = sorted(set(s.ranks) ^ set(first.ranks))[:3]
             raise FusionError(f"{first.path} and {s.path} adapt different target modules (e.g. {', '.join(only)}): "

@@ -75,11 +75,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     results = evaluate_fusion(load_fusion(args.fuse), max_eval=args.max_eval)
     cols = [c for c in ("router", "fused", "fused_top1", "oracle", "multitask", "base", "mean_kept_adapters")
             if c in results["mean"]]
-    print("| task | n | " + " | ".join(cols) + " |")
-    print("|---|---|" + "---|" * len(cols))
+    print("| task | n | metric | " + " | ".join(cols) + " |")
+    print("|---|---|---|" + "---|" * len(cols))
     for task, r in results.items():
         n = str(r.get("n", ""))
-        print(f"| {task} | {n} | " + " | ".join(f"{r[c]:.4f}" for c in cols) + " |")
+        metric = r.get("metric", "accuracy") if task != "mean" else ""
+        print(f"| {task} | {n} | {metric} | " + " | ".join(f"{r[c]:.4f}" if c in r else "-" for c in cols) + " |")
+    if any(r.get("metric") == "rougeL" for r in results.values()):
+        print("generation tasks: ROUGE-L F (exact_match and bleu per variant in --json); the rest: accuracy")
     if args.json:
         write_json(args.json, results)
     return 0

@@ -24,6 +24,7 @@ other task's columns set to -1e4, so argmax / softmax over it give that task's l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -129,7 +130,17 @@ class FusedModel(nn.Module):
         self.label_slices = [(sum(sizes[:k]), sum(sizes[: k + 1])) for k in range(len(sizes))]
         owner = torch.cat([torch.full((c,), k, dtype=torch.long) for k, c in enumerate(sizes)])
         self.register_buffer("label_owner", owner, persistent=False)  # (sum C,) task of each output column
-        self.problem = "classification" if sum(sizes) else "multiple_choice"  # multiple choice: no heads
+        self.problem = "classification" if sum(sizes) else "multiple_choice"  # causal LM, no heads (set_problem)
+
+    def set_problem(self, problems: list[str]) -> None:
+        """A causal-LM fusion's kind from its tasks': multiple_choice, generation, or mixed (both)."""
+        kinds = set(problems)
+        self.problem = problems[0] if len(kinds) == 1 else "mixed"
+
+    @property
+    def causal(self) -> bool:
+        """True when a causal LM answers (multiple-choice scores or generation) rather than task heads."""
+        return self.problem != "classification"
 
     @property
     def num_tasks(self) -> int:
@@ -150,8 +161,8 @@ class FusedModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, fusion_weights: torch.Tensor | None = None) -> FusedOutput:
         """Route (unless `fusion_weights` (B, K) is given: e.g. one-hot = the oracle adapter) and run."""
-        if self.problem == "multiple_choice":
-            raise FusionError("this fusion scores answer options with a causal LM: call score_choices(...)")
+        if self.causal:
+            raise FusionError("this fusion answers with a causal LM: call score_choices(...) or generate(...)")
         single = fusion_weights is None and self.router is None and self.num_tasks == 1
         if single:  # one plain adapter, no router: the benchmarks' baseline
             probs = weights = torch.ones(input_ids.shape[0], 1)
@@ -205,8 +216,30 @@ class FusedModel(nn.Module):
             self.context.weights = None
         return FusedOutput(logits=out.logits, all_logits=out.logits, router_probs=probs, fusion_weights=weights)
 
+    def generate(self, tokenizer: Any, prompts: list[list[int]], route_ids: torch.Tensor,
+                 route_mask: torch.Tensor | None = None, fusion_weights: torch.Tensor | None = None, *,
+                 max_new_tokens: int = 64, stop: list[str] | None = None) -> tuple[list[list[int]], torch.Tensor]:
+        """Greedy generation with the fused adapters: route each prompt once (on its input text, route_ids /
+        route_mask), then keep its (top-p, renormalised) weights for every generated token.
+
+        prompts: the tokenised prompts (core/generate.py prompt_ids); returns (new token ids per prompt, (B, K)
+        fusion weights). One-hot weights give the oracle adapter, zeros the base model."""
+        from dynalora.core.generate import generate_ids
+
+        single = fusion_weights is None and self.router is None and self.num_tasks == 1
+        weights = torch.ones(len(prompts), 1) if single else self._weights(route_ids, route_mask, fusion_weights)[1]
+
+        def set_weights(ids: torch.Tensor, mask: torch.Tensor) -> None:
+            self.context.weights = None if single else weights.to(ids.device)
+
+        try:
+            new = generate_ids(self.model, tokenizer, prompts, max_new_tokens, stop, before=set_weights)
+        finally:
+            self.context.weights = None
+        return new, weights
+
     def task_logits(self, out: FusedOutput, task: int) -> torch.Tensor:
-        if self.problem == "multiple_choice":
+        if self.causal:
             return out.logits
         lo, hi = self.label_slices[task]
         return out.all_logits[:, lo:hi]
@@ -242,7 +275,7 @@ def build_fused_model(specs: list[AdapterSpec], router: Router | None, top_p: fl
 
     if len(specs) > 1:  # a single adapter (K = 1) is the benchmarks' baseline
         check_compatible(specs)
-    choice = specs[0].problem == "multiple_choice"
+    choice = specs[0].problem in ("multiple_choice", "generation")  # a causal LM: no task heads
     total = sum(len(s.label_names) for s in specs)
     try:  # head_restored: the heads are copied in below
         model = load_task_model(str(specs[0].info["base_model"]), total, specs[0].problem, seed=seed,
@@ -264,7 +297,9 @@ def build_fused_model(specs: list[AdapterSpec], router: Router | None, top_p: fl
     if choice:  # causal-LM multiple choice: no task heads, the LM head scores the options
         for prm in model.parameters():
             prm.requires_grad_(False)
-        return FusedModel(model.eval(), context, router, top_p, [s.name for s in specs], [[] for _ in specs]).eval()
+        fused = FusedModel(model.eval(), context, router, top_p, [s.name for s in specs], [[] for _ in specs])
+        fused.set_problem([s.problem for s in specs])
+        return fused.eval()
     head_name, head = _head_linear(model)
     with torch.no_grad():
         parts = [s.head(head_name) for s in specs]

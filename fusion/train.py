@@ -63,13 +63,22 @@ def folder_name(task: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", task) or "task"
 
 
+def task_config(spec: AdapterSpec) -> Any:
+    """The run's TrainConfig (its data, max_length, and for generation max_new_tokens / stop)."""
+    from dynalora.core.config import TrainConfig
+
+    try:
+        return TrainConfig.from_yaml(spec.path / "config.yaml")
+    except DynaloraError as exc:
+        raise FusionError(f"cannot read the configuration of task {spec.name} ({spec.path}): {exc}") from None
+
+
 def task_data(spec: AdapterSpec) -> TaskData:
     """The run's own data (same seeded split it was trained and evaluated on)."""
-    from dynalora.core.config import TrainConfig
     from dynalora.core.batches import load_data
 
     try:
-        return load_data(TrainConfig.from_yaml(spec.path / "config.yaml"))
+        return load_data(task_config(spec))
     except DynaloraError as exc:
         raise FusionError(f"cannot load the data of task {spec.name} ({spec.path}): {exc}") from None
 
@@ -207,15 +216,21 @@ def _write_multitask_files(specs: list[AdapterSpec], datas: list[TaskData], fold
     """train/eval files of the union of the tasks, interleaved (any prefix mixes the tasks).
 
     Classification: CSV, label "task|label" (one joint head). Multiple choice: JSONL whose text is each
-    task's full prompt (core/choice.py) and whose choices are the example's own options.
+    task's full prompt (core/choice.py) and whose choices are the example's own options. Generation (or a
+    mix of generation and multiple choice): JSONL chat messages, the user turn each task's full prompt, the
+    assistant turn its response (for a multiple-choice task: the right option's text).
     """
     from dynalora.core.choice import prompt_text
 
-    choice = specs[0].problem == "multiple_choice"
+    problems = {s.problem for s in specs}
+    choice = problems == {"multiple_choice"}
+    generation = "generation" in problems
     files = {}
     for split in ("train", "eval"):
-        files[split] = folder / f"{split}.{'jsonl' if choice else 'csv'}"
-        if choice:
+        files[split] = folder / f"{split}.{'jsonl' if choice or generation else 'csv'}"
+        if generation:
+            per_task = [[_generation_record(prompt_text(d.spec, e), e) for e in getattr(d, split)] for d in datas]
+        elif choice:
             per_task = [[{"text": prompt_text(d.spec, e), "choices": list(e.choices or ()), "label": int(e.label)}
                          for e in getattr(d, split)] for d in datas]
         else:
@@ -223,13 +238,23 @@ def _write_multitask_files(specs: list[AdapterSpec], datas: list[TaskData], fold
                         for s, d in zip(specs, datas, strict=True)]
         rows = [r[i] for i in range(max(len(r) for r in per_task)) for r in per_task if i < len(r)]
         with open(files[split], "w", newline="", encoding="utf-8") as fh:
-            if choice:
+            if choice or generation:
                 fh.writelines(json.dumps(r) + "\n" for r in rows)
             else:
                 w = csv.writer(fh)
                 w.writerow(["text", "label"])
                 w.writerows(rows)
     return files
+
+
+def _generation_record(prompt: str, e: Example) -> dict[str, Any]:
+    answer = e.response if e.response is not None else (e.choices or ())[int(e.label)]
+    messages = [{"role": r, "content": c} for r, c in e.history]
+    record: dict[str, Any] = {"messages": messages + [{"role": "user", "content": prompt},
+                                                      {"role": "assistant", "content": answer}]}
+    if e.references and len(e.references) > 1:
+        record["references"] = list(e.references)
+    return record
 
 
 def train_multitask(specs: list[AdapterSpec], datas: list[TaskData], folder: Path, steps: int, max_length: int) -> dict:
@@ -239,9 +264,14 @@ def train_multitask(specs: list[AdapterSpec], datas: list[TaskData], folder: Pat
     from dynalora.core.train import train
 
     base = TrainConfig.from_yaml(specs[0].path / "config.yaml")
+    generation = [task_config(s) for s in specs if s.problem == "generation"]
+    decoding: dict[str, Any] = {}
+    if generation:  # one generation run over every task: the longest answers any task allows
+        decoding = {"objective": "generate", "max_new_tokens": max(c.max_new_tokens for c in generation),
+                    "stop": sorted({t for c in generation for t in (c.stop or [])}) or None}
     with tempfile.TemporaryDirectory(prefix="dynalora-multitask-") as tmpdir:
         files = _write_multitask_files(specs, datas, Path(tmpdir))
-        cfg = TrainConfig.from_dict({**base.to_dict(), "task": None, "train_file": str(files["train"]),
+        cfg = TrainConfig.from_dict({**base.to_dict(), **decoding, "task": None, "train_file": str(files["train"]),
                                      "eval_file": str(files["eval"]), "eval_size": None, "max_train": None,
                                      "max_eval": 500,  # only its own end-of-training metric
                                      "steps": steps, "out": str(folder / "multitask"),
@@ -250,7 +280,13 @@ def train_multitask(specs: list[AdapterSpec], datas: list[TaskData], folder: Pat
         result = train(cfg)
     return {"folder": "multitask", "steps": steps, "metrics": result.metrics,
             "recipe": f"LoRA/dynamic settings of {specs[0].path.name}, all tasks' training splits, "
-                      + ("one multiple-choice task" if specs[0].problem == "multiple_choice" else "joint head")}
+                      + _multitask_kind({s.problem for s in specs})}
+
+
+def _multitask_kind(problems: set[str]) -> str:
+    if "generation" in problems:
+        return "one generation task (multiple-choice tasks answer with the right option's text)"
+    return "one multiple-choice task" if problems == {"multiple_choice"} else "joint head"
 
 
 def load_fusion(path: str | Path) -> LoadedFusion:

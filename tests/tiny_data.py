@@ -24,3 +24,13 @@ def write_choice_file(path: Path, options: list[str], n: int, seed: int, prefix:
             answer = ch[label] if i % 2 else label  # the label as the option's text or as its index
             fh.write(json.dumps({"text": f"{prefix} {ch[label]} number {i}", "choices": ch, "label": answer}) + "\n")
     return path
+
+
+def write_generation_file(path: Path, n: int, seed: int, verb: str = "repeat") -> Path:
+    """A learnable prompt -> response task (JSONL prompt/response): the answer is the last two words of the prompt."""
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as fh:
+        for i in range(n):
+            words = [rng.choice(WORDS + COLORS) for _ in range(2)]
+            fh.write(json.dumps({"prompt": f"{verb} number {i} : {' '.join(words)}", "response": " ".join(words)}) + "\n")
+    return path

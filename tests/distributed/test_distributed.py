@@ -140,14 +140,19 @@ def test_torchrun_matches_single_process(assets: dict[str, Path], baseline: Path
 
 
 @pytest.mark.distributed
-def test_torchrun_multiple_choice_matches_single_process(assets: dict[str, Path]) -> None:
-    """The option scorer (core/choice.py) is what DDP wraps for multiple choice: same adapter as one process."""
-    from tiny_data import WORDS, write_choice_file
+@pytest.mark.parametrize("problem", ["multiple_choice", "generation"])
+def test_torchrun_causal_lm_matches_single_process(problem: str, assets: dict[str, Path]) -> None:
+    """What DDP wraps for a causal LM, the option scorer (core/choice.py) or the response-token loss
+    (core/generate.py, per-sequence mean): the same adapter as one process."""
+    from tiny_data import WORDS, write_choice_file, write_generation_file
 
-    root = assets["root"] / "mc"
+    root = assets["root"] / problem
     root.mkdir()
     model = save_tiny_model("llama", root / "llama")
-    data = write_choice_file(root / "mc.jsonl", WORDS, 80, 0, "the answer is")
+    if problem == "generation":
+        data = write_generation_file(root / "gen.jsonl", 80, 0)
+    else:
+        data = write_choice_file(root / "mc.jsonl", WORDS, 80, 0, "the answer is")
     args = ["--model", str(model), "--train-file", str(data), "--eval-size", "16", "--steps", "12", "--batch-size", "8",
             "--lr", "5e-3", "--threads", "1", "--no-progress"]
     single = root / "single"
@@ -157,8 +162,12 @@ def test_torchrun_multiple_choice_matches_single_process(assets: dict[str, Path]
     cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "dynalora", "train", *args, "--out", str(out)]
     proc = run(cmd, cwd=REPO, env=env())
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((out / "run.json").read_text())["task"]["problem"] == "multiple_choice"
+    assert json.loads((out / "run.json").read_text())["task"]["problem"] == problem
     assert_same_run(single, out, world=2)
+    if problem == "generation":  # evaluated by generating: the same answers, so the same scores
+        for key in ("exact_match", "rougeL", "bleu"):
+            assert json.loads((out / "run.json").read_text())["metrics"][key] == pytest.approx(
+                json.loads((single / "run.json").read_text())["metrics"][key], abs=1e-9)
 
 
 @pytest.mark.distributed
