@@ -69,6 +69,7 @@ class FusedLoRALayer(nn.Module):
         owner = torch.cat([torch.full((r,), k, dtype=torch.long) for k, r in enumerate(self.ranks)])
         self.register_buffer("owner", owner)  # (R,) adapter index of each rank component
         self.loop = False  # True: the naive per-adapter reference (benchmarks, tests)
+        self._wc_cache: tuple | None = None  # (key, weights tensor, component weights): see _component_weights
 
     @property
     def num_adapters(self) -> int:
@@ -85,11 +86,23 @@ class FusedLoRALayer(nn.Module):
             return y + F.linear(F.linear(x, self.lora_A), self.lora_B)  # one plain adapter (the baseline)
         if self.loop:
             return y + self.loop_delta(x, w)
-        wc = w.index_select(1, self.owner)  # (B, R): each component scaled by its adapter's weight
-        for _ in range(x.dim() - 2):
-            wc = wc.unsqueeze(1)  # (B, 1, R): unsqueeze, not view, keeps the exported graph to one node
+        wc = self._component_weights(w, x.dim())
         h = F.linear(x, self.lora_A) * wc  # (B, T, R)
         return y + F.linear(h, self.lora_B)  # (B, T, out)
+
+    def _component_weights(self, w: torch.Tensor, dims: int) -> torch.Tensor:
+        """(B, [1,] R): each rank component's adapter weight. Generation holds one weights tensor for every
+        decoding step, so it is computed once per tensor (and version) and reused; traced / exported graphs
+        recompute it (the cache is eager-mode only)."""
+        key = (id(w), w._version, dims)
+        if self._wc_cache is not None and self._wc_cache[0] == key and self._wc_cache[1] is w \
+                and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
+            return self._wc_cache[2]
+        wc = w.index_select(1, self.owner)  # (B, R): each component scaled by its adapter's weight
+        for _ in range(dims - 2):
+            wc = wc.unsqueeze(1)  # (B, 1, R): unsqueeze, not view, keeps the exported graph to one node
+        self._wc_cache = (key, w, wc)
+        return wc
 
     def loop_delta(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """sum_k w_k * B_k A_k x, adapter by adapter (DLP-LoRA's loop): the reference the stack must equal."""
