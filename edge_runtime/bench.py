@@ -148,7 +148,30 @@ def validate(folder: Path, manifest: Manifest, provider: str, arrays: dict[str, 
                               "seq": int(arrays["input_ids"].shape[1])}
     recorded = manifest.verification or {}
     tolerance = float(recorded.get("tolerance", BENCH_PARITY_ATOL[manifest.precision]))
-    if compare_torch:
+    if compare_torch and manifest.problem == "causal-lm" and manifest.precision != "fp32":
+        # a quantised LM is judged by what quantisation promises (edge_runtime/lm_quality.py): the next-token
+        # choice and the perplexity of the same text, not an fp32 logit bound its full-vocabulary logits exceed
+        from dynalora.edge_runtime.lm_quality import QUANT_TOP1_FLOOR, lm_quality
+
+        torch_logits = TorchEngine(folder, manifest.problem, threads, "cpu").forward(arrays)()
+        quality = lm_quality(np.asarray(torch_logits), np.asarray(ort_logits), arrays["input_ids"],
+                             arrays.get("attention_mask"))
+        diff = float(np.max(np.abs(ort_logits.astype(np.float64) - torch_logits)))
+        result.update(compared_to="torch (fp32) next-token agreement", max_abs_diff=diff, **quality,
+                      top1_floor=QUANT_TOP1_FLOOR)
+        if not quality["top1_agreement"] >= QUANT_TOP1_FLOOR:
+            raise BenchError(f"the {manifest.precision} graph picks the same next token as PyTorch fp32 on only "
+                             f"{100 * quality['top1_agreement']:.1f}% of positions (floor {100 * QUANT_TOP1_FLOOR:.0f}%): "
+                             "a broken quantisation; re-export")
+    elif compare_torch and manifest.precision == "int8" and "accuracy_change_points" in recorded:
+        # an int8 classifier: the logit gap to fp32 is shown, the verdict is the recorded accuracy (below)
+        torch_logits = TorchEngine(folder, manifest.problem, threads, "cpu").forward(arrays)()
+        diff = float(np.max(np.abs(ort_logits.astype(np.float64) - torch_logits)))
+        agree = float(np.mean(np.asarray(ort_logits).argmax(-1) == np.asarray(torch_logits).argmax(-1)))
+        result.update(compared_to="torch (fp32), verdict by the recorded accuracy", max_abs_diff=diff,
+                      label_agreement=agree)
+        _check_int8_accuracy(recorded, result)
+    elif compare_torch:
         torch_logits = TorchEngine(folder, manifest.problem, threads, "cpu").forward(arrays)()
         diff = float(np.max(np.abs(ort_logits.astype(np.float64) - torch_logits)))
         tolerance = max(tolerance, BENCH_PARITY_ATOL[manifest.precision])
@@ -160,12 +183,8 @@ def validate(folder: Path, manifest: Manifest, provider: str, arrays: dict[str, 
         # an int8 classifier is judged by what quantisation promises, its accuracy on the run's evaluation split
         # (recorded by the export), not by an fp32 logit bound: a fully int8 QDQ graph's logits move by more
         # than 0.5 while its accuracy moves by under a point
-        change = float(recorded["accuracy_change_points"])
-        result.update(compared_to="manifest accuracy", accuracy_change_points=change,
-                      limit_points=-INT8_BROKEN_ACCURACY_DROP_POINTS, max_abs_diff=recorded.get("max_abs_diff"))
-        if not change >= -INT8_BROKEN_ACCURACY_DROP_POINTS:
-            raise BenchError(f"the manifest records an int8 graph {-change:.2f} points less accurate than fp32 (more "
-                             f"than {INT8_BROKEN_ACCURACY_DROP_POINTS:g}: a broken quantisation); re-export with fp32")
+        result.update(compared_to="manifest accuracy", max_abs_diff=recorded.get("max_abs_diff"))
+        _check_int8_accuracy(recorded, result)
     elif recorded:
         diff = float(recorded.get("max_abs_diff", float("nan")))
         result.update(compared_to="manifest", max_abs_diff=diff, tolerance=tolerance)
@@ -175,6 +194,14 @@ def validate(folder: Path, manifest: Manifest, provider: str, arrays: dict[str, 
     else:
         result.update(compared_to=None, max_abs_diff=None, tolerance=None)
     return result
+
+
+def _check_int8_accuracy(recorded: dict[str, Any], result: dict[str, Any]) -> None:
+    change = float(recorded["accuracy_change_points"])
+    result.update(accuracy_change_points=change, limit_points=-INT8_BROKEN_ACCURACY_DROP_POINTS)
+    if not change >= -INT8_BROKEN_ACCURACY_DROP_POINTS:
+        raise BenchError(f"the manifest records an int8 graph {-change:.2f} points less accurate than fp32 (more "
+                         f"than {INT8_BROKEN_ACCURACY_DROP_POINTS:g}: a broken quantisation); re-export with fp32")
 
 
 def _run_worker(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
