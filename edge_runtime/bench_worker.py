@@ -90,7 +90,7 @@ class OnnxEngine:
         self.providers_used = self.predictor.providers
 
     def forward(self, arrays: dict[str, np.ndarray]) -> Callable[[], np.ndarray]:
-        feeds = ort_feeds(self.predictor.session.get_inputs(), arrays)  # a KV-cache graph: empty cache (prefill)
+        feeds = ort_feeds(self.predictor.session.get_inputs(), arrays, self.predictor.head_dim)  # KV graph: prefill
         index = self.predictor.output_names.index("logits") if "logits" in self.predictor.output_names else 0
         return lambda: self.predictor.run_raw(feeds)[index]
 

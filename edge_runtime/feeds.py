@@ -27,14 +27,15 @@ def input_names(inputs: Iterable[Any]) -> list[str]:
     return [i if isinstance(i, str) else i.name for i in inputs]
 
 
-def ort_feeds(inputs: Iterable[Any], arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def ort_feeds(inputs: Iterable[Any], arrays: Mapping[str, Any], head_dim: int | None = None) -> dict[str, np.ndarray]:
     """Feeds for the graph inputs `inputs` from `arrays` (a tokenizer's output; needs `input_ids` (B, T)).
 
     `inputs` is `session.get_inputs()` or a list of input names. Per input, in the graph's order:
       * held by `arrays`: cast to the input's dtype (int64 when only the name is known);
       * attention_mask: all ones; token_type_ids: zeros; position_ids: 0..T-1 in every row;
       * past_key_values.*: an empty cache (B, kv_heads, 0, head_dim), i.e. the prefill of a KV-cache decoder
-        (needs the NodeArg, whose shape gives kv_heads and head_dim).
+        (needs the NodeArg, whose shape gives kv_heads and head_dim; `head_dim` when the graph leaves that axis
+        symbolic, as onnxruntime-genai's builder does: `kv_cache_dim`).
     An input none of these fill is left out; callers that must run the graph check for it (see `missing`).
     """
     ids = np.asarray(arrays["input_ids"])
@@ -52,8 +53,10 @@ def ort_feeds(inputs: Iterable[Any], arrays: Mapping[str, Any]) -> dict[str, np.
         elif name == "position_ids":
             feeds[name] = np.broadcast_to(np.arange(shape[1], dtype=np.int64), shape).copy()
         elif name.startswith(PAST_PREFIX) and onnx_type is not None:
-            feeds[name] = np.zeros((shape[0], inp.shape[1], 0, inp.shape[3]),
-                                   dtype=ORT_NP_DTYPES.get(onnx_type, np.float32))
+            last = inp.shape[3] if isinstance(inp.shape[3], int) else head_dim
+            if last is None:
+                raise ValueError(f"graph input {name} has a symbolic head dimension ({inp.shape[3]!r}); pass head_dim")
+            feeds[name] = np.zeros((shape[0], inp.shape[1], 0, last), dtype=ORT_NP_DTYPES.get(onnx_type, np.float32))
     return feeds
 
 

@@ -28,7 +28,7 @@ FORMAT = "dynalora-export"
 FORMAT_VERSION = 1
 KINDS = ("merged", "adapters", "fused", "base")
 PROBLEMS = ("classification", "regression", "causal-lm")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
 
 class ExportFormatError(DynaloraError):

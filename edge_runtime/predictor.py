@@ -188,7 +188,7 @@ class Predictor:
             raise RuntimeLoadError("this export has no past_key_values inputs; re-export with "
                                    "task text-generation-with-past to decode with a KV cache")
         batch, length = input_ids.shape  # (B, T)
-        feeds = ort_feeds(self.session.get_inputs(), {"input_ids": input_ids})  # empty KV cache: the prefill
+        feeds = ort_feeds(self.session.get_inputs(), {"input_ids": input_ids}, self.head_dim)  # empty KV cache: prefill
         attention = np.ones((batch, length), dtype=np.int64)
         present_to_past = {o: o.replace("present", PAST_PREFIX, 1) for o in self.output_names
                            if o.startswith("present")}
@@ -221,6 +221,12 @@ class Predictor:
         return {"tokens": np.stack(tokens, axis=1), "prefill_s": prefill_s, "decode_s": decode_s,
                 "decode_steps": len(tokens) - 1}
 
+    @property
+    def head_dim(self) -> int | None:
+        """Attention head size of a decoder export (the KV cache's last axis), from genai_config.json or
+        config.json; None when neither says."""
+        return head_dim_of(self.folder)
+
     def _eos_token_ids(self) -> set[int]:
         """End-of-sequence ids as generation would use them: generation_config.json, else config.json (an
         int or a list, as transformers' generate accepts)."""
@@ -234,6 +240,22 @@ class Predictor:
 
     def _output_index(self, name: str) -> int:
         return self.output_names.index(name) if name in self.output_names else 0
+
+
+def head_dim_of(folder: Path) -> int | None:
+    genai = folder / "genai_config.json"
+    if genai.is_file():
+        size = json.loads(genai.read_text(encoding="utf-8")).get("model", {}).get("decoder", {}).get("head_size")
+        if isinstance(size, int):
+            return size
+    config = folder / "config.json"
+    if config.is_file():
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+        if isinstance(cfg.get("head_dim"), int):
+            return int(cfg["head_dim"])
+        if isinstance(cfg.get("hidden_size"), int) and isinstance(cfg.get("num_attention_heads"), int):
+            return cfg["hidden_size"] // cfg["num_attention_heads"]
+    return None
 
 
 def max_positions(folder: Path) -> int | None:

@@ -4,6 +4,7 @@
                              [--opset N] [--overwrite]
     dynalora export adapters --runs DIR_A DIR_B ... --out EXPORT [--opset N] [--overwrite]
     dynalora export base     --model M --out EXPORT [--task-kind text-generation-with-past] [--quantize int8]
+    dynalora export base|merged ... --runtime genai [--quantize int8|int4]   (onnxruntime-genai folder: export/genai_export.py)
     dynalora export fused    --fuse FUSE --out EXPORT [--opset N] [--overwrite]      (see export/fused.py)
 
 A user error (not a run, no tokenizer, unsupported architecture, existing --out) is a DynaloraError:
@@ -27,14 +28,15 @@ def register(subparsers: Any) -> None:
 
     merged = sub.add_parser("merged", help="merge a run's adapters into the base weights and export one graph")
     merged.add_argument("--run", required=True, help="run folder written by `dynalora train`")
-    merged.add_argument("--quantize", choices=("int8", "qdq-int8", "fp16"), default=None,
+    merged.add_argument("--quantize", choices=("int8", "qdq-int8", "fp16", "int4"), default=None,
                         help="post-training quantisation: int8 (dynamic, CPU), qdq-int8 (static QDQ, for NPU execution "
-                             "providers; calibrated on the run's training texts) or fp16")
+                             "providers; calibrated on the run's training texts), fp16; int4 with --runtime genai")
     merged.add_argument("--calibration-samples", type=int, default=None, metavar="N",
                         help=f"qdq-int8: training texts to calibrate on (default {DEFAULT_CALIBRATION_SAMPLES})")
     merged.add_argument("--no-optimize", dest="optimize", action="store_false", help="skip graph optimisation")
     add_output_flags(merged)
     add_target_flag(merged)
+    _add_runtime_flag(merged)
     merged.set_defaults(func=_cmd_merged)
 
     adapters = sub.add_parser("adapters", help="one base graph + a native onnxruntime LoRA adapter per run")
@@ -47,8 +49,10 @@ def register(subparsers: Any) -> None:
     base.add_argument("--model", required=True, help="built-in name (smollm2-135m, minilm) or model folder")
     base.add_argument("--task-kind", default="text-generation-with-past",
                       help="optimum task (text-generation-with-past, text-classification, ...)")
-    base.add_argument("--quantize", choices=("int8",), default=None, help="post-training quantisation")
+    base.add_argument("--quantize", choices=("int8", "int4"), default=None,
+                      help="post-training quantisation (int4: --runtime genai)")
     add_output_flags(base)
+    _add_runtime_flag(base)
     base.set_defaults(func=_cmd_base)
 
     from dynalora.export.fused import add_fused_parser  # `export fused`: see export/fused.py
@@ -56,9 +60,34 @@ def register(subparsers: Any) -> None:
     add_fused_parser(sub)
 
 
+def _add_runtime_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runtime", choices=("ort", "genai"), default="ort",
+                        help="causal LMs: ort = optimum's graph for dynalora's runtime (default); genai = onnxruntime-genai's "
+                             "model builder, a folder both onnxruntime-genai and dynalora's runtime load (fp32, int8, int4)")
+
+
+def _genai(args: argparse.Namespace, model: str | None, run: str | None) -> int:
+    from dynalora.errors import ConfigError
+    from dynalora.export.genai_export import export_genai
+
+    for flag, bad in (("--target", getattr(args, "target", None)), ("--opset", getattr(args, "opset", None)),
+                      ("--calibration-samples", getattr(args, "calibration_samples", None))):
+        if bad is not None:
+            raise ConfigError(f"{flag} does not apply to --runtime genai (the genai builder decides the graph)")
+    if getattr(args, "task_kind", "text-generation-with-past") != "text-generation-with-past":
+        raise ConfigError("--runtime genai exports causal LMs (text generation with the KV cache) only")
+    manifest = export_genai(model or "", args.out, quantize=args.quantize, overwrite=args.overwrite, run_dir=run)
+    return report(args.out, manifest)
+
+
 def _cmd_merged(args: argparse.Namespace) -> int:
+    from dynalora.errors import ConfigError
     from dynalora.export.merged import export_merged
 
+    if args.runtime == "genai":
+        return _genai(args, None, args.run)
+    if args.quantize == "int4":
+        raise ConfigError("--quantize int4 needs --runtime genai (block-wise 4-bit MatMulNBits from onnxruntime-genai's builder)")
     manifest = export_merged(args.run, args.out, quantize=args.quantize, opset=args.opset, overwrite=args.overwrite,
                              optimize=args.optimize, target=args.target, calibration_samples=args.calibration_samples)
     return report(args.out, manifest)
@@ -72,8 +101,13 @@ def _cmd_adapters(args: argparse.Namespace) -> int:
 
 
 def _cmd_base(args: argparse.Namespace) -> int:
+    from dynalora.errors import ConfigError
     from dynalora.export.merged import export_base
 
+    if args.runtime == "genai":
+        return _genai(args, args.model, None)
+    if args.quantize == "int4":
+        raise ConfigError("--quantize int4 needs --runtime genai (block-wise 4-bit MatMulNBits from onnxruntime-genai's builder)")
     manifest = export_base(args.model, args.out, task_kind=args.task_kind, quantize=args.quantize, opset=args.opset,
                            overwrite=args.overwrite)
     return report(args.out, manifest)

@@ -392,7 +392,8 @@ def _greedy_parity(run: Any, merged: Any, folder: Path, precision: str) -> dict[
         total += n
         identical += want == got
     record = {"prompts": len(prompts), "max_new_tokens": steps, "identical_sequences": identical,
-              "token_agreement": same / max(1, total), "data": "the run's evaluation split, first prompts"}
+              "token_agreement": same / total if total else 1.0, "tokens": total,
+              "data": "the run's evaluation split, first prompts"}
     if precision == "fp32" and identical != len(prompts):
         raise ExportError(f"the fp32 export's greedy generations differ from PyTorch on {len(prompts) - identical} of "
                           f"{len(prompts)} evaluation prompts; nothing was written")
