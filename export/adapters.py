@@ -252,9 +252,10 @@ def export_adapters(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.Pa
     out = refuse_existing(out, overwrite)
     runs = [load_run_checked(d) for d in run_dirs]
     for run in runs:
-        if run.info["task"]["problem"] == "multiple_choice":
-            raise ExportError(f"{run.path} is a causal-LM multiple-choice run: `export adapters` builds classifier graphs "
-                              "with swappable adapters; export it with `dynalora export merged --run RUN`")
+        if run.info["task"]["problem"] in ("multiple_choice", "generation"):
+            raise ExportError(f"{run.path} is a causal-LM {run.info['task']['problem']} run: the default runtime's "
+                              "`export adapters` builds classifier graphs; for causal-LM runs pass --runtime genai "
+                              "(one decoder + an .onnx_adapter per run), or export one run with `dynalora export merged`")
     _check_compatible(runs)
     names = _adapter_names(runs)
     ranks: dict[str, int] = {}

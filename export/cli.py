@@ -43,6 +43,9 @@ def register(subparsers: Any) -> None:
     adapters.add_argument("--runs", nargs="+", required=True, help="run folders sharing one base model")
     add_output_flags(adapters, opset_default="18")
     add_target_flag(adapters)
+    _add_runtime_flag(adapters)
+    adapters.add_argument("--quantize", choices=("int8", "int4"), default=None,
+                          help="--runtime genai: block-wise weight-only quantisation of the base decoder (LoRA stays fp32)")
     adapters.set_defaults(func=_cmd_adapters)
 
     base = sub.add_parser("base", help="export a base model without a run (e.g. a causal LM for decode benchmarks)")
@@ -94,8 +97,19 @@ def _cmd_merged(args: argparse.Namespace) -> int:
 
 
 def _cmd_adapters(args: argparse.Namespace) -> int:
+    from dynalora.errors import ConfigError
     from dynalora.export.adapters import export_adapters
 
+    if args.runtime == "genai":
+        for flag, bad in (("--target", args.target), ("--opset", args.opset)):
+            if bad is not None:
+                raise ConfigError(f"{flag} does not apply to --runtime genai (the genai builder decides the graph)")
+        from dynalora.export.genai_export import export_genai_adapters
+
+        return report(args.out, export_genai_adapters(args.runs, args.out, quantize=args.quantize,
+                                                      overwrite=args.overwrite))
+    if args.quantize is not None:
+        raise ConfigError("--quantize on `export adapters` needs --runtime genai")
     return report(args.out, export_adapters(args.runs, args.out, opset=args.opset, overwrite=args.overwrite,
                                             target=args.target))
 

@@ -121,6 +121,71 @@ def _write(hf_dir: Path, out: Path, precision: str, overwrite: bool, *, kind: st
     return written
 
 
+def export_genai_adapters(run_dirs: list[str | os.PathLike[str]], out: str | os.PathLike[str], *,
+                          quantize: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """`export adapters --runtime genai`: causal-LM runs of one base model -> one genai base decoder whose LoRA
+    weights are graph inputs + adapters/NAME.onnx_adapter per run (export/genai.py `build_genai_adapters`;
+    variable ranks zero-padded to one shape per layer). og.Adapters / set_active_adapter and dynalora's
+    `use_adapter` switch them without reloading the base. Checked per run (fp32): greedy generations on the
+    run's evaluation prompts identical to the run's PyTorch model; int8 / int4 record the agreement."""
+    from dynalora.core.models import resolve_model_path
+    from dynalora.export.adapters import _adapter_names
+    from dynalora.export.common import load_run_checked
+    from dynalora.export.genai import MANIFEST, _require_genai, build_genai_adapters
+
+    if quantize not in PRECISION_OF:
+        raise ExportError(f"--runtime genai supports fp32 (default), --quantize int8 and --quantize int4; got {quantize!r}")
+    precision = PRECISION_OF[quantize]
+    if not run_dirs:
+        raise ExportError("--runs needs at least one run folder")
+    out = refuse_existing(out, overwrite)
+    _require_genai()
+    runs = [load_run_checked(d) for d in run_dirs]
+    for run in runs:
+        if run.info["task"]["problem"] not in ("generation", "multiple_choice"):
+            raise ExportError(f"{run.path} is a {run.info['task']['problem']} run: --runtime genai exports causal-LM "
+                              "runs (generation or multiple choice); export classifiers without --runtime genai")
+        if run.info["base_model"] != runs[0].info["base_model"]:
+            raise ExportError(f"runs {runs[0].path} and {run.path} were trained on different base models "
+                              f"({runs[0].info['base_model']} vs {run.info['base_model']}): adapters share one decoder "
+                              "only when they share the base model")
+    names = _adapter_names(runs)
+    hf_dir = Path(resolve_model_path(runs[0].info["base_model"]))
+    config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
+    with OutLock(out, "export"), atomic_dir(out, overwrite=overwrite) as tmp:
+        build = tmp / ".genai-build"
+        info = build_genai_adapters(hf_dir, {n: r.path / "adapter" for n, r in zip(names, runs, strict=True)}, build,
+                                    precision)
+        for item in build.iterdir():
+            shutil.move(str(item), str(tmp / item.name))
+        build.rmdir()
+        info["folder"] = str(out)
+        info["tokenizer_fix"] = fix_gguf_bytelevel_decoder(tmp)
+        (tmp / MANIFEST).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        sess = session(tmp / "model.onnx")
+        manifest = base_manifest(kind="adapters", run_info=None, model_type=str(config.get("model_type", "")),
+                                 inputs=[i.name for i in sess.get_inputs()], outputs=[o.name for o in sess.get_outputs()],
+                                 opset=opset_of(tmp / "model.onnx"), precision=precision, max_length=None,
+                                 source_runs=[r.path for r in runs])
+        del sess
+        manifest.update(runtime={"genai": f"onnxruntime-genai (genai_config.json; {MANIFEST}; og.Adapters)",
+                                 "dynalora": "manifest.json (use_adapter)"},
+                        base_model=runs[0].info["base_model"],
+                        adapters={n: a["file"] for n, a in info["adapters"].items()}, default_adapter=names[0],
+                        adapter_runs={n: {"run": str(r.path.resolve()), "task": r.info["task"]["name"],
+                                          "problem": r.info["task"]["problem"], "metrics": r.info.get("metrics", {})}
+                                      for n, r in zip(names, runs, strict=True)},
+                        adapter_ranks=info["lora_ranks"], model_bytes=sum(p.stat().st_size for p in tmp.glob("model.onnx*")))
+        manifest["verification"] = {"builder": info.get("verification", {}), "tokenizer": info["tokenizer"]}
+        written = write_export_manifest(tmp, manifest)
+        from dynalora.export.merged import _greedy_parity
+
+        manifest["verification"]["greedy"] = {n: _greedy_parity(r, r.model, tmp, precision, adapter=n)
+                                              for n, r in zip(names, runs, strict=True)}
+        written = write_export_manifest(tmp, manifest)
+    return written
+
+
 def quality_texts(run: Any) -> tuple[list[str], str]:
     """Held-out text for a quantised graph's quality: a run's evaluation prompts with their answers (as trained),
     else the bench's fixed sample sentences."""

@@ -363,8 +363,9 @@ def _export_merged_lm(run: Any, out: Path, quantize: str | None, opset: int | No
                            check=lambda folder, precision: _greedy_parity(run, merged, folder, precision))
 
 
-def _greedy_parity(run: Any, merged: Any, folder: Path, precision: str) -> dict[str, Any]:
-    """Greedy tokens of the export (our ORT runtime, KV cache) vs the merged PyTorch model, one prompt at a time."""
+def _greedy_parity(run: Any, merged: Any, folder: Path, precision: str, adapter: str | None = None) -> dict[str, Any]:
+    """Greedy tokens of the export (our ORT runtime, KV cache; with `adapter` active) vs the PyTorch model
+    (`merged`: the merged or the adapted model of the run), one prompt at a time."""
     import numpy as np
 
     from dynalora.core.batches import load_data
@@ -381,6 +382,8 @@ def _greedy_parity(run: Any, merged: Any, folder: Path, precision: str) -> dict[
         prompts = [list(run.tokenizer(prompt_text(data.spec, e))["input_ids"]) for e in examples]
         steps = GREEDY_TOKENS
     runtime = load(folder, verify=False)
+    if adapter is not None:
+        runtime.use_adapter(adapter)
     eos = set(eos_ids(run.tokenizer, merged))
     same = total = identical = 0
     for p in prompts:
@@ -396,7 +399,7 @@ def _greedy_parity(run: Any, merged: Any, folder: Path, precision: str) -> dict[
               "data": "the run's evaluation split, first prompts"}
     if precision == "fp32" and identical != len(prompts):
         raise ExportError(f"the fp32 export's greedy generations differ from PyTorch on {len(prompts) - identical} of "
-                          f"{len(prompts)} evaluation prompts; nothing was written")
+                          f"{len(prompts)} evaluation prompts{f' (adapter {adapter})' if adapter else ''}; nothing was written")
     return record
 
 

@@ -412,3 +412,40 @@ def test_gguf_decoder_chain_is_simplified_only_when_equivalent(tmp_path: Path) -
     assert after.encode(text).ids == before.encode(text).ids
     assert after.decode(before.encode(text).ids) == before.decode(before.encode(text).ids)
     assert not fix_gguf_bytelevel_decoder(tmp_path)["applied"]  # already plain: nothing to do
+
+
+def test_export_adapters_genai_hot_swaps_runs(gen_run: Path, llama_dir: Path, tmp_path: Path) -> None:
+    """`export adapters --runtime genai` of two causal-LM runs (different ranks): one decoder, an .onnx_adapter
+    per run; og.Adapters and dynalora's use_adapter switch them on one loaded model, each matching its run."""
+    from dynalora.cli import main
+    from dynalora.core.batches import load_data
+    from dynalora.core.config import LoRAConfig, TrainConfig
+    from dynalora.core.generate import generate_ids, prompt_ids
+    from dynalora.core.run_io import load_run
+    from dynalora.core.train import train
+    from dynalora.edge_runtime import load
+    from tiny_data import write_generation_file
+
+    other = tmp_path / "other"
+    data = write_generation_file(tmp_path / "copy.jsonl", 64, 1, "copy")
+    train(TrainConfig(model=str(llama_dir), task=None, train_file=str(data), out=str(other), steps=4, batch_size=8,
+                      lr=1e-3, progress=False, threads=1, eval_size=8, max_new_tokens=6,
+                      lora=LoRAConfig(rank=4, max_rank=8)))
+    out = tmp_path / "exp"
+    assert main(["export", "adapters", "--runs", str(gen_run), str(other), "--runtime", "genai", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "adapters" and set(manifest["adapters"]) == {"run", "other"}
+    for name in ("run", "other"):
+        assert manifest["verification"]["greedy"][name]["identical_sequences"] == 4
+    runtime, model = load(out), GenaiModel(out)
+    for name in ("run", "other"):
+        model.load_adapter(name)  # once each: switching is per generation
+    for name, run_dir in (("run", gen_run), ("other", other), ("run", gen_run)):  # back and forth, no reload
+        run = load_run(run_dir)
+        spec_data = load_data(run.config)
+        ids = prompt_ids(run.tokenizer, spec_data.spec, spec_data.eval[0])
+        want = generate_ids(run.model, run.tokenizer, [ids], 6)[0]
+        runtime.use_adapter(name)
+        ours = runtime.greedy_decode(np.asarray([ids], dtype=np.int64), 6, stop_at_eos=True)["tokens"][0].tolist()
+        theirs = model.greedy(ids, 6, adapter=name)
+        assert ours[: len(want)] == want and theirs[: len(want)] == want
