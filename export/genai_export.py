@@ -97,6 +97,10 @@ def _write(hf_dir: Path, out: Path, precision: str, overwrite: bool, *, kind: st
         if info["tokenizer_fix"].get("applied"):
             info["tokenizer"] = tokenizer_status(tmp)
         (tmp / MANIFEST).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        (tmp / "torch").mkdir()  # the PyTorch weights the graph came from: `dynalora bench --compare-torch`
+        for item in hf_dir.iterdir():
+            if item.suffix in (".json", ".safetensors") and not item.name.startswith("tokenizer"):
+                shutil.copyfile(item, tmp / "torch" / item.name)
         sess = session(tmp / "model.onnx")
         manifest = base_manifest(kind=kind, run_info=None, model_type=str(config.get("model_type", "")),
                                  inputs=[i.name for i in sess.get_inputs()], outputs=[o.name for o in sess.get_outputs()],

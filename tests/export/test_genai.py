@@ -382,6 +382,11 @@ def test_export_merged_genai_run_checks_greedy_and_quality(gen_run: Path, tmp_pa
     q = json.loads((tmp_path / "int4" / "manifest.json").read_text())["verification"]["quality"]
     assert q["tokens"] > 50 and q["top1_agreement"] >= q["floor_top1"] and "evaluation prompts" in q["text"]
     assert abs(q["perplexity_change_pct"]) < 50
+    # `dynalora bench --compare-torch` on the genai folder: our runtime decodes its graph, judged against torch/
+    from dynalora.edge_runtime.bench import run_bench
+
+    check = run_bench(tmp_path / "fp32", None, [1], [1], [8], True, repeats=2, warmup=1)["validation"][0]
+    assert check["compared_to"] == "torch" and check["max_abs_diff"] <= check["tolerance"]
     capsys.readouterr()
     # int4 without genai, and genai for a classifier-only flag: one line, exit 2, nothing written
     assert main(["export", "merged", "--run", str(gen_run), "--quantize", "int4", "--out", str(tmp_path / "x")]) == 2
