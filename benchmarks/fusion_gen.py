@@ -70,7 +70,7 @@ def train_runs(work: Path, seed: int, args: argparse.Namespace) -> tuple[list[Pa
             train(TrainConfig(model="smollm2-135m", task=f"bigbench:{task}", objective="generate", out=str(folder),
                               steps=args.steps, batch_size=8, lr=args.lr, seed=seed, max_length=args.max_length,
                               max_eval=args.max_eval, max_new_tokens=new_tokens, data_dir=args.bigbench_dir,
-                              progress=False, overwrite=True, threads=2))
+                              progress=False, overwrite=True, threads=args.threads))
             seconds[short] = time.perf_counter() - t0
             print(f"seed {seed}: trained {short} in {seconds[short]:.0f} s", flush=True)
         runs.append(folder)
@@ -268,12 +268,13 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--top-p", type=float, default=0.6)
     ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for training and evaluation (latency: 2)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     if not args.bigbench_dir:
         print("error: pass --bigbench-dir (the bigbench benchmark_tasks folder; README, data section)", file=sys.stderr)
         return 2
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     work, out = Path(args.work), Path(args.out)
     report: dict[str, Any] = {"environment": environment(), "args": vars(args), "seeds": {}}
     for seed in range(args.seeds):

@@ -93,8 +93,8 @@ def _body_and_head(lm: nn.Module) -> tuple[nn.Module, nn.Module]:
     body = getattr(lm, prefix, None) if prefix else None
     head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
     if body is None or head is None or body is lm:
-        raise ConfigError(f"{type(lm).__name__} is not a causal LM with an output head: multiple-choice scoring needs "
-                          "one (e.g. --model smollm2-135m); use --objective classifier for an encoder")
+        raise ConfigError(f"{type(lm).__name__} is not a causal LM with an output head: multiple-choice scoring and "
+                          "generation need one (e.g. --model smollm2-135m); use --objective classifier for an encoder")
     return body, head
 
 

@@ -38,10 +38,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from dynalora.core.choice import _body_and_head, prompt_text
+from dynalora.core.choice import _body_and_head, option_scores, prompt_text
 from dynalora.core.task import Example, TaskSpec
 from dynalora.errors import ConfigError, DataError
 
@@ -139,19 +138,9 @@ class GenerationOutput:
 
 def response_logprob(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      labels: torch.Tensor) -> torch.Tensor:
-    """(B,) mean log-probability of each row's response tokens (labels != IGNORE) under `lm`."""
-    body, head = _body_and_head(lm)
-    ctx = getattr(lm, "dynalora_context", None)
-    if ctx is not None:  # the adapters' input statistics skip padding (the LM's own pre-hook is bypassed here)
-        ctx.attention_mask = attention_mask
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
-    target = labels[:, 1:]  # position t-1 predicts token t
-    predict = target != IGNORE
-    logp = F.log_softmax(head(hidden[:, :-1][predict]).float(), dim=-1)
-    logp = logp.gather(1, target[predict].unsqueeze(1)).squeeze(1)  # (n_tokens,)
-    row = predict.nonzero()[:, 0]
-    sums = torch.zeros(input_ids.shape[0], dtype=logp.dtype, device=logp.device).index_add(0, row, logp)
-    return sums / predict.sum(1).clamp_min(1).to(logp.dtype)
+    """(B,) mean log-probability of each row's response tokens (labels != IGNORE) under `lm`: the option
+    scorer of core/choice.py with the response as the "option" (labels equal input_ids where they count)."""
+    return option_scores(lm, input_ids, attention_mask, labels != IGNORE)
 
 
 class GenerationLoss(nn.Module):
