@@ -99,7 +99,28 @@ def targets_lines(report: dict[str, Any]) -> list[str]:
             lo3, hi3 = v.get("dynamic_vs_peft_adalora_ci95") or [float("nan")] * 2
             L.append(f"  - dynamic vs PEFT AdaLoRA at equal budget: {_f(d3)} points [{_f(lo3)}, {_f(hi3)}] "
                      f"({'met' if d3 > 0 else 'not met'})")
+        L += _ablation_target_lines(b, v)
     return L + [""]
+
+
+def _ablation_target_lines(b: str, v: dict[str, Any]) -> list[str]:
+    """The same two targets for each ablation variant (a candidate default), with live parameters beside them."""
+    L = []
+    params = v.get("live_params") or {}
+    for m, a in sorted((v.get("ablations") or {}).items()):
+        if a.get("vs_static_r_points") is None:
+            continue
+        lo, hi = a.get("vs_static_r_ci95") or [float("nan")] * 2
+        line = f"  - {m}: vs static r {_f(a['vs_static_r_points'])} [{_f(lo)}, {_f(hi)}]"
+        if a.get("vs_static_2r_points") is not None:
+            lo2, hi2 = a.get("vs_static_2r_ci95") or [float("nan")] * 2
+            line += (f"; vs static rank {2 * int(b)}: {_f(a['vs_static_2r_points'])} [{_f(lo2)}, {_f(hi2)}] "
+                     f"({'>= static 2r: met' if a['vs_static_2r_points'] >= 0 else '>= static 2r: not met'})")
+        if a.get("live_params") and params.get("static") and params.get("static-2r"):
+            line += (f"; live parameters {a['live_params']:,} (static r {params['static']:,}, "
+                     f"static 2r {params['static-2r']:,})")
+        L.append(line)
+    return L
 
 
 def data_lines(report: dict[str, Any]) -> list[str]:

@@ -99,6 +99,7 @@ def cell_tables(records: list[dict[str, Any]]) -> dict[str, Any]:
                         "n": len(d), "seeds": d} for t, d in tm.items()} for m, tm in scores.items()}
     comps = {}
     rows = list(COMPARISONS) + [(f"{m} - static r (ablation)", m, "static") for m in ABLATIONS if m in scores]
+    rows += [(f"{m} r - static 2r (ablation)", m, "static-2r") for m in ABLATIONS if m in scores]
     for label, a, b in rows:
         if a not in scores or b not in scores:
             continue
@@ -141,6 +142,13 @@ def summarize(cells: dict[str, dict[str, Any]], meta: dict[str, dict[str, Any]])
             o = c.get(label, {}).get("over_tasks", {})
             entry[name] = o.get("mean")
             entry[name.replace("points", "ci95") if name != "mean_diff_points" else "ci95"] = o.get("ci95")
+        entry["ablations"] = {m: {"vs_static_r_points": c.get(f"{m} - static r (ablation)", {}).get("over_tasks", {}).get("mean"),
+                                  "vs_static_r_ci95": c.get(f"{m} - static r (ablation)", {}).get("over_tasks", {}).get("ci95"),
+                                  "vs_static_2r_points": c.get(f"{m} r - static 2r (ablation)", {}).get("over_tasks", {}).get("mean"),
+                                  "vs_static_2r_ci95": c.get(f"{m} r - static 2r (ablation)", {}).get("over_tasks", {}).get("ci95"),
+                                  "live_params": cell["live_params"].get(m)}
+                              for m in ABLATIONS if f"{m} - static r (ablation)" in c}
+        entry["live_params"] = {m: cell["live_params"].get(m) for m in ("static", "static-2r", "dynamic")}
         per_budget.setdefault(b, {"cells": []})["cells"].append(entry)
     for b, v in per_budget.items():  # the headline of a budget: its first cell (all targets, epochs first)
         head = sorted(v["cells"], key=lambda e: (e["targets"] != ["query", "key", "value", "dense"], e["regime"] != {"epochs": 3.0}))[0]
