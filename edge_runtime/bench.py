@@ -162,7 +162,7 @@ def validate(folder: Path, manifest: Manifest, provider: str, arrays: dict[str, 
         if not quality["top1_agreement"] >= QUANT_TOP1_FLOOR:
             raise BenchError(f"the {manifest.precision} graph picks the same next token as PyTorch fp32 on only "
                              f"{100 * quality['top1_agreement']:.1f}% of positions (floor {100 * QUANT_TOP1_FLOOR:.0f}%): "
-                             "a broken quantisation; re-export")
+                             "it does not behave like the fp32 model; re-export (int8, or fp32)")
     elif compare_torch and manifest.precision == "int8" and "accuracy_change_points" in recorded:
         # an int8 classifier: the logit gap to fp32 is shown, the verdict is the recorded accuracy (below)
         torch_logits = TorchEngine(folder, manifest.problem, threads, "cpu").forward(arrays)()

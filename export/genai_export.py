@@ -246,7 +246,7 @@ def quantised_quality(folder: Path, reference: Any, run: Any) -> dict[str, Any]:
     if quality["top1_agreement"] < QUANT_TOP1_FLOOR:
         raise ExportError(f"the {runtime.manifest.precision} graph picks PyTorch fp32's next token on only "
                           f"{100 * quality['top1_agreement']:.1f}% of positions of {what} (floor "
-                          f"{100 * QUANT_TOP1_FLOOR:.0f}%): a broken quantisation; nothing was written")
+                          f"{100 * QUANT_TOP1_FLOOR:.0f}%): it does not behave like the fp32 model; nothing was written")
     return quality
 
 

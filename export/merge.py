@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from dynalora.core.inject import adapter_layers, eject_adapters
-from dynalora.edge_runtime.tolerances import MERGE_ATOL
+from dynalora.edge_runtime.tolerances import MERGE_ATOL, MERGE_ATOL_CAUSAL_LM
 from dynalora.export.errors import ExportError
 
 
@@ -38,12 +38,16 @@ def check_inputs(model: nn.Module, batch: int = 4, length: int = 16, seed: int =
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def merged_model(run: Any, inputs: dict[str, torch.Tensor] | None = None, atol: float = MERGE_ATOL) -> nn.Module:
+def merged_model(run: Any, inputs: dict[str, torch.Tensor] | None = None, atol: float | None = None) -> nn.Module:
     """A deep copy of `run.model` (a `LoadedRun`) with every adapter merged into its base layer.
 
     `inputs`: the batch the check runs on (default: `check_inputs`). Raises `ExportError` if the merged
-    logits differ from the adapted model's by more than `atol`.
+    logits differ from the adapted model's by more than `atol` (default: MERGE_ATOL, or MERGE_ATOL_CAUSAL_LM for
+    a causal-LM run: see edge_runtime/tolerances.py).
     """
+    if atol is None:
+        causal = run.info["task"]["problem"] in ("multiple_choice", "generation")
+        atol = MERGE_ATOL_CAUSAL_LM if causal else MERGE_ATOL
     if run.mode == "per-example":
         raise ExportError(
             f"{run.path} is a per-example input-adaptive run: its low-rank update depends on each input, so it "

@@ -470,12 +470,14 @@ def test_tolerances_keep_their_values_and_are_the_ones_checked() -> None:
 
     assert tolerances.EXPORT_PARITY_ATOL_FP32 == 1e-4 and tolerances.BASE_LM_PARITY_ATOL_FP32 == 1e-3
     assert tolerances.EXPORT_PARITY_ATOL_FP16 == 2e-2 and tolerances.EXPORT_INT8_LOGIT_ATOL == 0.5
-    assert tolerances.MERGE_ATOL == 1e-5 and tolerances.BENCH_PARITY_ATOL == {"fp32": 1e-3, "fp16": 5e-2, "int8": 5e-1}
+    assert tolerances.MERGE_ATOL == 1e-5 and tolerances.MERGE_ATOL_CAUSAL_LM == tolerances.BASE_LM_PARITY_ATOL_FP32
+    assert tolerances.BENCH_PARITY_ATOL == {"fp32": 1e-3, "fp16": 5e-2, "int8": 5e-1, "int4": 5e-1}
     assert tolerances.EXPORT_RECORDED_ATOL == {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.5}
     assert common.PARITY_ATOL_FP32 is merged.PARITY_ATOL_FP32 is tolerances.EXPORT_PARITY_ATOL_FP32
     assert merged.BASE_LM_PARITY_ATOL_FP32 is tolerances.BASE_LM_PARITY_ATOL_FP32
     assert quantize.EXPORT_PARITY_ATOL_FP16 is merged.EXPORT_PARITY_ATOL_FP16 is tolerances.EXPORT_PARITY_ATOL_FP16
     assert merge.MERGE_ATOL is tolerances.MERGE_ATOL and bench.BENCH_PARITY_ATOL is tolerances.BENCH_PARITY_ATOL
+    assert merge.MERGE_ATOL_CAUSAL_LM is tolerances.MERGE_ATOL_CAUSAL_LM
 
 
 # -- GPU -----------------------------------------------------------------------------------------
