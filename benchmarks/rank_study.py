@@ -50,6 +50,14 @@ TARGETS = {"qv": ["query", "value"], "all": ["query", "key", "value", "dense"]}
 REGIMES = {"short": {"steps": 100}, "epochs": {"epochs": 3.0}}
 LR_GRID = {"ours": [3e-4, 1e-3, 3e-3], "peft-lora": [3e-4, 1e-3, 3e-3], "peft-adalora": [1e-3, 3e-3, 1e-2]}
 STATIC = {"reallocate": False, "input_adaptive": "off"}
+# Every method is these settings plus its own overrides, written out rather than taken from today's
+# LoRAConfig / DynamicConfig defaults: a change of the library's defaults (issue #11 item 3) must not change
+# what a study method means, nor the hashes of its cached runs (they are the values the defaults had when the
+# study began; tests/benchmarks/test_rank_study.py checks a cached hash).
+STUDY_LORA = {"min_rank": 1, "max_rank": None, "alpha": 16.0, "dropout": 0.0}
+STUDY_DYNAMIC = {"reallocate": True, "input_adaptive": "layer", "input_weight": 0.5, "warmup_frac": 0.1,
+                 "final_frac": 0.8, "interval_frac": 0.05, "ema": 0.7, "sketch_dim": 64, "stat_stride": 4,
+                 "example_gamma": 1.0, "example_min_frac": 0.25, "budget_start": 1.0}
 
 # method -> how to build it; "lr_from" = use that method's swept learning rate
 METHODS: dict[str, dict[str, Any]] = {
@@ -94,11 +102,12 @@ def ours_configs(method: str, budget: int, targets: str) -> tuple[Any, Any]:
 
     spec = METHODS[method]
     rank = budget * spec.get("rank_mult", 1)
-    lora_extra = dict(spec.get("lora", {}))
+    lora_extra = {**STUDY_LORA, **spec.get("lora", {})}
     mult = lora_extra.pop("max_rank_mult", None)
     if mult:
         lora_extra["max_rank"] = mult * rank
-    return LoRAConfig(rank=rank, target_modules=TARGETS[targets], **lora_extra), DynamicConfig(**spec["dynamic"])
+    return (LoRAConfig(rank=rank, target_modules=TARGETS[targets], **lora_extra),
+            DynamicConfig(**{**STUDY_DYNAMIC, **spec["dynamic"]}))
 
 
 def run_config(cell: Cell, method: str, task: str, split: str, lr: float, seed: int, data: Path,

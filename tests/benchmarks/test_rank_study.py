@@ -118,3 +118,27 @@ def test_report_flags_a_cell_where_the_allocator_never_moved_rank() -> None:
     assert moved["allocation_moved"]["dynamic"] is True
     summary = report.summarize({"r2-all-epochs": moved}, meta)
     assert not any("never moved rank" in line for line in targets_lines({"summary": summary}))
+
+
+def test_study_methods_do_not_follow_library_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A study method is its written-out settings: changing LoRAConfig / DynamicConfig defaults changes neither its
+    configuration nor the hash its cached runs are stored under (so a default change does not re-run the study)."""
+    from dynalora.core import config as cfgmod
+
+    task = tmp_path / "t"
+    task.mkdir()
+    for name in ("train.jsonl", "val.jsonl", "eval.jsonl"):
+        (task / name).write_text('{"text": "a", "label": 0}\n')
+    settings = {"model": "minilm", "batch": 16, "max_length": 64}
+    cell = rank_study.Cell(2, "all", "epochs")
+    before = {m: rank_study.config_hash(rank_study.run_config(cell, m, "t", "eval", 1e-3, 0, tmp_path, settings))
+              for m in ("static", "dynamic", "dyn-sens-r0")}
+    # without any default, LoRAConfig / DynamicConfig can only be built from values the study writes out itself
+    for cls in (cfgmod.LoRAConfig, cfgmod.DynamicConfig):
+        monkeypatch.setattr(cls.__init__, "__defaults__", None)
+        monkeypatch.setattr(cls.__init__, "__kwdefaults__", None)
+    after = {m: rank_study.config_hash(rank_study.run_config(cell, m, "t", "eval", 1e-3, 0, tmp_path, settings))
+             for m in ("static", "dynamic", "dyn-sens-r0")}
+    assert before == after
+    dyn = rank_study.run_config(cell, "dynamic", "t", "eval", 1e-3, 0, tmp_path, settings)
+    assert dyn["dynamic"]["input_adaptive"] == "layer" and dyn["lora"]["min_rank"] == 1
