@@ -454,3 +454,18 @@ def test_export_adapters_genai_hot_swaps_runs(gen_run: Path, llama_dir: Path, tm
         ours = runtime.greedy_decode(np.asarray([ids], dtype=np.int64), 6, stop_at_eos=True)["tokens"][0].tolist()
         theirs = model.greedy(ids, 6, adapter=name)
         assert ours[: len(want)] == want and theirs[: len(want)] == want
+
+
+def test_genai_folder_with_a_wrong_checksum_is_refused(llama_dir: Path, tmp_path: Path) -> None:
+    """dynalora's manifest checksums every file of a genai folder: a changed weight file is refused in one line."""
+    from dynalora.edge_runtime import load
+    from dynalora.export.genai_export import export_genai
+
+    export_genai(str(llama_dir), tmp_path / "exp")
+    data = tmp_path / "exp" / "model.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.raises(Exception, match="model.onnx.data") as info:
+        load(tmp_path / "exp")
+    assert len(str(info.value).splitlines()) == 1 and "checksum" in str(info.value).lower()
