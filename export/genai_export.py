@@ -182,6 +182,8 @@ def export_genai_adapters(run_dirs: list[str | os.PathLike[str]], out: str | os.
                         adapter_ranks=info["lora_ranks"], model_bytes=sum(p.stat().st_size for p in tmp.glob("model.onnx*")))
         manifest["verification"] = {"builder": info.get("verification", {}), "tokenizer": info["tokenizer"]}
         written = write_export_manifest(tmp, manifest)
+        if precision != "fp32":  # the quantised base decoder (no adapter active) against the fp32 base
+            manifest["verification"]["quality"] = quantised_quality(tmp, hf_dir, None)
         from dynalora.export.merged import _greedy_parity
 
         manifest["verification"]["greedy"] = {n: _greedy_parity(r, r.model, tmp, precision, adapter=n)
