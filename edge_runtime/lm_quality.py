@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
-# A quantised causal LM whose next-token argmax agrees with fp32 on fewer scored positions than this does not
-# behave like the model it came from: the export refuses it and the bench will not time it. Measured
-# (benchmarks/results/edge_llm.md, SmolLM2-135M, held-out text): block-wise int8 (MatMulNBits, block 32) agrees
-# on >= 93% of positions; the genai builder's int4 RTN on 52-62% (refused); a graph with a wrong scale or a
-# dropped layer agrees on almost none.
-QUANT_TOP1_FLOOR = 0.80
+# A quantised causal LM whose next-token argmax agrees with fp32 on fewer scored positions than this is broken
+# (a wrong scale, a dropped layer, scrambled logits agree on almost none): the export refuses it and the bench
+# will not time it. Above it the agreement and perplexity change are recorded, not judged: they are what a user
+# weighs. Measured (benchmarks/results/edge_llm.md, SmolLM2-135M): block-wise int8 (MatMulNBits, block 32)
+# agrees on 92-94% of positions of held-out text; the genai builder's int4 (RTN, block 32) on 52-62% (k-quant
+# mixed 71%), and yet with the sentence_negation adapter it answers all 50 evaluation prompts exactly as fp32.
+QUANT_TOP1_FLOOR = 0.25
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

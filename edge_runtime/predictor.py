@@ -229,11 +229,13 @@ class Predictor:
 
     def _eos_token_ids(self) -> set[int]:
         """End-of-sequence ids as generation would use them: generation_config.json, else config.json (an
-        int or a list, as transformers' generate accepts)."""
-        for name in ("generation_config.json", "config.json"):
+        int or a list, as transformers' generate accepts), else genai_config.json's model.eos_token_id (an
+        onnxruntime-genai folder has no config.json)."""
+        for name in ("generation_config.json", "config.json", "genai_config.json"):
             path = self.folder / name
             if path.is_file():
-                eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+                data = json.loads(path.read_text(encoding="utf-8"))
+                eos = data.get("model", {}).get("eos_token_id") if name == "genai_config.json" else data.get("eos_token_id")
                 if eos is not None:
                     return {int(e) for e in eos} if isinstance(eos, list) else {int(eos)}
         return set()

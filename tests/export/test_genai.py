@@ -361,8 +361,10 @@ def test_export_base_genai_is_one_folder_for_both_runtimes(llama_dir: Path, hf_m
     assert manifest["verification"]["builder"]["top1_agreement"] == 1.0
     prompt = [2, 40, 41, 42, 43]
     want = _hf_greedy(hf_model, prompt, 8)
-    ours = load(tmp_path / "exp").greedy_decode(np.asarray([prompt], dtype=np.int64), 8)["tokens"][0].tolist()
+    runtime = load(tmp_path / "exp")
+    ours = runtime.greedy_decode(np.asarray([prompt], dtype=np.int64), 8)["tokens"][0].tolist()
     assert genai_greedy(tmp_path / "exp", prompt, 8) == want == ours
+    assert runtime._eos_token_ids() == {3}  # from genai_config.json: generate() stops at the end token
 
 
 def test_export_merged_genai_run_checks_greedy_and_quality(gen_run: Path, tmp_path: Path,
