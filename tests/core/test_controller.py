@@ -57,13 +57,14 @@ def _train(arch: str, dyn: DynamicConfig, steps: int = 40, seed: int = 0):
 @pytest.mark.parametrize("arch", ["bert", "llama", "gpt2"])
 def test_reallocation_conserves_budget_and_leaves_outputs_unchanged(arch: str) -> None:
     _, layers, ctrl, events, jumps, coll = _train(arch, DynamicConfig())
+    lora_min = LoRAConfig().min_rank  # the default floor (0: a layer may be switched off, and still exactly)
     assert events, "the schedule must produce reallocations in a 40-step run"
     assert coll.reduced == len(events)  # exactly one reduce per reallocation
     budget = 4 * len(layers)
     moved = False
     for ev in events:
         assert sum(ev["ranks"].values()) == budget
-        assert all(1 <= r <= 8 for r in ev["ranks"].values())
+        assert all(lora_min <= r <= 8 for r in ev["ranks"].values())
         moved = moved or len(set(ev["ranks"].values())) > 1
     assert moved, "ranks never moved between layers"
     assert max(jumps) == 0.0  # grow (zero B column) and prune (gate fades later) are exact at the step
@@ -105,7 +106,7 @@ def test_input_complexity_moves_rank_to_the_richer_input() -> None:
     torch.manual_seed(0)
     model = _TwoInputs()
     layers, ctx = inject_adapters(model, targets=["simple", "rich"], capacity=8, rank=4, scaling=1.0)
-    ctrl = RankController(layers, ctx, LoRAConfig(rank=4, max_rank=8), DynamicConfig(input_weight=1.0), 20)
+    ctrl = RankController(layers, ctx, LoRAConfig(rank=4, max_rank=8), DynamicConfig(input_adaptive="layer", input_weight=1.0), 20)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     direction = torch.randn(1, 32)
     ranks = None
