@@ -32,11 +32,16 @@ EXPORT_RECORDED_ATOL = {"fp32": EXPORT_PARITY_ATOL_FP32, "fp16": EXPORT_PARITY_A
 # Merged PyTorch model vs the adapted one ((W + s B diag(g) A) x vs W x + s B diag(g) A x): both fp32 PyTorch,
 # one process; only the order of the sums differs.
 MERGE_ATOL = 1e-5
-# The same check for a causal LM (generation / multiple-choice runs): full-vocabulary logits of a deep decoder
-# (SmolLM2-135M: 30 layers, logits up to ~30) accumulate more rounding of the re-ordered sums; measured 7.3e-5 on
-# a SmolLM2 generation run. The decoder bound of the ONNX checks (BASE_LM_PARITY_ATOL_FP32) applies; a wrong
-# merge (scaling, transposition, a missed layer) moves these logits by tenths or more.
+# The same check for a causal LM (generation / multiple-choice runs), per position: at most
+# MERGE_CAUSAL_LM_OUTLIERS of the real positions may exceed the bound (none by more than 100x), and the top-1
+# token must be the same everywhere: full-vocabulary logits of a deep decoder (SmolLM2-135M:
+# 30 layers, logits up to ~37) accumulate more rounding, and a few positions of the random check tokens are
+# ill-conditioned. Measured on two SmolLM2 generation runs: 7.3e-5 at every position of one; 4e-5..1.4e-4 at 63
+# of 64 positions of the other and 0.018 at one, where the adapted fp32 model itself is 0.016 off its float64
+# evaluation (so the merge is not the cause). The decoder bound of the ONNX checks (BASE_LM_PARITY_ATOL_FP32)
+# applies per position; a wrong merge (scaling, transposition, a missed layer) moves every position.
 MERGE_ATOL_CAUSAL_LM = 1e-3
+MERGE_CAUSAL_LM_OUTLIERS = 0.05
 
 # `dynalora bench`: the tolerance assumed when a manifest records none, and with --compare-torch (onnxruntime
 # vs EXPORT/torch reloaded, on the bench's synthetic batch) a floor under the recorded one (the larger applies).

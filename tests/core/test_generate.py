@@ -268,3 +268,26 @@ def test_export_merged_generation_run_checks_greedy_tokens(gen_runs: dict[str, P
     assert manifest["source_task"]["problem"] == GENERATION
     runtime = load(tmp_path / "exp")
     assert runtime.manifest.problem == "causal-lm"
+
+
+def test_merge_check_of_a_generation_run_catches_a_wrong_merge(gen_runs: dict[str, Path],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The causal-LM merge check (per position, tolerances.MERGE_ATOL_CAUSAL_LM) passes a right merge and refuses
+    one whose low-rank update is scaled wrong."""
+    from dynalora.core.layer import DynamicLoRALayer
+    from dynalora.core.run_io import load_run
+    from dynalora.export.errors import ExportError
+    from dynalora.export.merge import merged_model
+
+    run = load_run(gen_runs["repeat"])
+    merged_model(run)
+    with torch.no_grad():  # make the update large enough to matter, then merge it at twice its scale
+        for layer in run.model.modules():
+            if isinstance(layer, DynamicLoRALayer):
+                layer.lora_B.mul_(50.0)
+    right = merged_model(run)
+    original = DynamicLoRALayer.delta_weight
+    monkeypatch.setattr(DynamicLoRALayer, "delta_weight", lambda self: 2.0 * original(self))
+    with pytest.raises(ExportError, match="differs from the adapted model"):
+        merged_model(run)
+    assert right is not None
