@@ -44,6 +44,9 @@ if TYPE_CHECKING:  # tokenizer.py imports RuntimeLoadError from here: loaded laz
     from dynalora.edge_runtime.tokenizer import EdgeTokenizer
 
 
+FUSION_INPUT = "fusion_weights"  # the per-sequence adapter weights of a fused decoder (export/genai_fused.py)
+
+
 class RuntimeLoadError(DynaloraError):
     """An export that cannot be loaded or run as asked (wrong task, missing adapter, bad input)."""
 
@@ -69,6 +72,7 @@ class Predictor:
         self.variant = "onnx"  # which graph of the folder runs: onnx | ort | fixed | fixed-ort (see `load`)
         self.input_names = [i.name for i in session.get_inputs()]
         self.output_names = [o.name for o in session.get_outputs()]
+        self.router: ort.InferenceSession | None = None  # a causal-LM fusion's router.onnx (see route())
 
     @property
     def tokenizer(self) -> EdgeTokenizer:
@@ -161,26 +165,68 @@ class Predictor:
         labels = [names[i] if i < len(names) else str(i) for i in label_ids.tolist()]
         return {"logits": logits, "label_ids": label_ids, "labels": labels, "probabilities": probabilities}
 
-    def generate(self, prompt: str, max_new_tokens: int = 32) -> str:
-        """Greedy continuation of `prompt` (new text only), decoding with the KV cache."""
+    def generate(self, prompt: str, max_new_tokens: int = 32, *, route_text: str | None = None) -> str:
+        """Greedy continuation of `prompt` (new text only), decoding with the KV cache.
+
+        A causal-LM fusion export (router.onnx + fused decoder) does it in one call: the router reads
+        `route_text` (default: `prompt`) once, the prompt is wrapped as training wrapped it (the manifest's
+        `prompt_template`: the chat template's user turn, or the plain instruction format) and the decoder
+        keeps the routed top-p weights for every generated token."""
         if self.manifest.problem != "causal-lm":
             raise RuntimeLoadError(f"generate needs a causal-lm export; this one is {self.manifest.problem!r}: "
                                    "use predict()")
         if max_new_tokens < 1:
             raise RuntimeLoadError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        ids = self.tokenizer([prompt])["input_ids"]  # (1, T): one prompt, no padding, no truncation
+        weights = None
+        if self.router is not None:
+            weights = self.route([prompt if route_text is None else route_text])["fusion_weights"]
+            ids = np.asarray([self.prompt_ids(prompt)], dtype=np.int64)
+        else:
+            if route_text is not None:
+                raise RuntimeLoadError("route_text applies to a causal-LM fusion export (dynalora export fused)")
+            ids = self.tokenizer([prompt])["input_ids"]  # (1, T): one prompt, no padding, no truncation
         if ids.shape[1] == 0:
             raise RuntimeLoadError("generate needs a prompt that tokenizes to at least one token; got an empty one")
         limit = max_positions(self.folder)
         if limit is not None and ids.shape[1] + max_new_tokens > limit:
             raise RuntimeLoadError(f"the prompt ({ids.shape[1]} tokens) plus max_new_tokens={max_new_tokens} exceeds "
                                    f"the model's {limit} positions; shorten the prompt or ask for fewer tokens")
-        new = self.greedy_decode(ids, max_new_tokens, stop_at_eos=True)["tokens"][0]
+        new = self.greedy_decode(ids, max_new_tokens, stop_at_eos=True, fusion_weights=weights)["tokens"][0]
         return self.tokenizer.decode(new, skip_special_tokens=True)
 
+    # -- causal-LM fusions -----------------------------------------------------------------------
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """Token ids of `prompt` wrapped by the manifest's prompt_template (a fusion export), as training saw it."""
+        template = self.manifest.raw.get("prompt_template")
+        if not template:
+            return [int(t) for t in self.tokenizer([prompt])["input_ids"][0]]
+        text = template["prefix"] + prompt + template["suffix"]
+        ids = self.tokenizer([text], add_special_tokens=bool(template["add_special_tokens"]))["input_ids"][0]
+        return [int(t) for t in ids]
+
+    def route(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """The fusion router on `texts`: {"router_probs": (B, K), "fusion_weights": (B, K) top-p, renormalised,
+        "tasks": top-1 task names}. Needs a causal-LM fusion export (router.onnx)."""
+        if self.router is None:
+            raise RuntimeLoadError(f"{self.folder} has no router graph; route() needs `dynalora export fused` of a "
+                                   "causal-LM fusion")
+        if not texts:
+            raise RuntimeLoadError("route needs at least one text")
+        enc = self.tokenizer(list(texts), padding=True, truncation=self.manifest.max_length is not None,
+                             max_length=self.manifest.max_length, return_tensors="np")
+        feeds = {n: np.asarray(enc[n], dtype=np.int64) for n in ("input_ids", "attention_mask")}
+        probs, weights = self.router.run(["router_probs", "fusion_weights"], feeds)
+        names = [t["name"] for t in self.manifest.raw.get("fusion", {}).get("tasks", [])]
+        top = probs.argmax(-1).tolist()
+        return {"router_probs": probs, "fusion_weights": weights,
+                "tasks": [names[i] if i < len(names) else str(i) for i in top]}
+
     def greedy_decode(self, input_ids: np.ndarray, max_new_tokens: int, stop_at_eos: bool = False,
-                      ) -> dict[str, Any]:
+                      fusion_weights: np.ndarray | None = None) -> dict[str, Any]:
         """Greedy decoding on the raw session with the KV cache; times prefill and decode separately.
+
+        fusion_weights (B, K): a fused decoder's per-sequence adapter weights (route() gives them; one-hot =
+        one task's adapter, zeros = the base model), held for every step.
 
         Returns {"tokens": (B, n) int64, "prefill_s": float, "decode_s": float, "decode_steps": int}.
         """
@@ -189,6 +235,17 @@ class Predictor:
                                    "task text-generation-with-past to decode with a KV cache")
         batch, length = input_ids.shape  # (B, T)
         feeds = ort_feeds(self.session.get_inputs(), {"input_ids": input_ids}, self.head_dim)  # empty KV cache: prefill
+        if FUSION_INPUT in self.input_names:
+            if fusion_weights is None:
+                raise RuntimeLoadError("this fused decoder needs fusion_weights (batch, tasks): route() the prompts "
+                                       "first, or call generate(prompt)")
+            weights = np.asarray(fusion_weights, dtype=np.float32)
+            k = self.session.get_inputs()[self.input_names.index(FUSION_INPUT)].shape[1]
+            if weights.shape != (batch, k):
+                raise RuntimeLoadError(f"fusion_weights must be ({batch}, {k}), got {weights.shape}")
+            feeds[FUSION_INPUT] = weights
+        elif fusion_weights is not None:
+            raise RuntimeLoadError("fusion_weights applies to a fused decoder (dynalora export fused of a causal-LM fusion)")
         attention = np.ones((batch, length), dtype=np.int64)
         present_to_past = {o: o.replace("present", PAST_PREFIX, 1) for o in self.output_names
                            if o.startswith("present")}
@@ -351,6 +408,15 @@ def load(export_dir: str | os.PathLike[str], provider: str | None = None, thread
         warnings.warn(f"{providers[0]} failed to start; running on {used[0]}", ProviderFallbackWarning,
                       stacklevel=2)
     predictor = Predictor(folder, manifest, session, load_seconds)
+    router_file = manifest.raw.get("router_graph")
+    if router_file:  # a causal-LM fusion: router.onnx, run once per prompt
+        if router_file not in manifest.files:
+            raise RuntimeLoadError(f"{folder}/manifest.json does not list {router_file}; re-export the fusion")
+        try:
+            predictor.router = ort.InferenceSession(str(folder / router_file), sess_options=options,
+                                                    providers=["CPUExecutionProvider"])
+        except (*_ORT_LOAD_ERRORS, OSError) as exc:
+            raise RuntimeLoadError(f"onnxruntime could not load {folder / router_file}: {str(exc).splitlines()[0]}") from exc
     predictor.fixed_shape = fixed_shape
     predictor.variant = variant or "onnx"
     if eager_tokenizer:

@@ -140,9 +140,8 @@ def export_fused(fuse_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
     except DynaloraError as exc:
         raise ExportError(f"cannot load fusion {fuse_dir}: {exc}") from None
     if fusion.model.causal:
-        raise ExportError(f"{fuse_dir} fuses causal-LM adapters: `export fused` exports classifier fusions only "
-                          "(router, top-p and heads in one graph); use dynalora.load_fusion(...).model.score_choices "
-                          "/ .generate in PyTorch")
+        raise ExportError(f"{fuse_dir} fuses causal-LM adapters: export it with `dynalora export fused --fuse "
+                          f"{fuse_dir}` (export/genai_fused.py: router graph + fused decoder), not export_fused()")
     fused, tok, ml = fusion.model, fusion.tokenizer, fusion.max_length
     ids = input_names(tok)
     mixed = mixed_examples(fusion)
@@ -186,14 +185,41 @@ def add_fused_parser(export_subparsers: Any) -> None:
 
     p = export_subparsers.add_parser("fused", help="one ONNX graph: router + top-p + stacked task adapters + heads")
     p.add_argument("--fuse", required=True, help="fusion folder written by `dynalora fuse train`")
+    p.add_argument("--quantize", choices=("int8", "int4"), default=None,
+                   help="causal-LM fusions: block-wise weight-only quantisation of the decoder (adapters stay fp32)")
     add_output_flags(p, opset_default="18")
     add_target_flag(p)
     p.set_defaults(func=_cmd_fused)
 
 
+def _is_causal_fusion(fuse_dir: str) -> bool:
+    """Whether a fusion folder fuses causal-LM runs (read from fusion.json, without loading any model)."""
+    import json
+
+    try:
+        config = json.loads((Path(fuse_dir) / "fusion.json").read_text(encoding="utf-8"))
+        first = json.loads((Path(fuse_dir) / config["tasks"][0]["folder"] / "run.json").read_text(encoding="utf-8"))
+        return first["task"]["problem"] in ("generation", "multiple_choice")
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return False  # export_fused reports the unreadable folder
+
+
 def _cmd_fused(args: argparse.Namespace) -> int:
     import json
 
+    from dynalora.errors import ConfigError
+
+    if _is_causal_fusion(args.fuse):  # router graph + fused onnxruntime-genai decoder (export/genai_fused.py)
+        from dynalora.export.genai_fused import export_genai_fused
+
+        for flag, value in (("--target", args.target), ("--opset", args.opset)):
+            if value is not None:
+                raise ConfigError(f"{flag} does not apply to a causal-LM fusion (the genai builder decides the graph)")
+        manifest = export_genai_fused(args.fuse, args.out, quantize=args.quantize, overwrite=args.overwrite)
+        return report(args.out, manifest, what=f"routed decoder ({len(manifest['fusion']['tasks'])} tasks, "
+                                               f"{manifest['precision']})")
+    if args.quantize is not None:
+        raise ConfigError("--quantize on `export fused` applies to causal-LM fusions (classifier fusions export fp32)")
     out = export_fused(args.fuse, args.out, opset=args.opset, overwrite=args.overwrite, target=args.target)
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     return report(out, manifest, what=f"fused graph ({len(manifest['fusion']['tasks'])} tasks)")

@@ -432,21 +432,7 @@ class _Adapters:
 
     def write_template(self, hf_dir: Path, folder: Path) -> None:
         """An all-zero PEFT adapter with every adapted projection at its largest rank (peft writes it)."""
-        import torch
-        from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM
-
-        top = max(self.ranks.values())
-        pattern = {re.escape(m): r for m, r in self.ranks.items()}
-        config = LoraConfig(r=top, lora_alpha=top, target_modules=sorted(self.ranks), rank_pattern=pattern,
-                            alpha_pattern=dict(pattern), lora_dropout=0.0, bias="none")
-        base = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
-        template = get_peft_model(base, config)
-        with torch.no_grad():
-            for pname, param in template.named_parameters():
-                if "lora_" in pname:
-                    param.zero_()
-        template.save_pretrained(str(folder))
+        write_zero_template(hf_dir, self.ranks, folder)
 
     def parameters(self, name: str) -> dict[str, np.ndarray]:
         """One adapter's values for every LoRA input of the graph, padded to the shared rank."""
@@ -462,6 +448,26 @@ class _Adapters:
             out[lora_input_name(module, "A")] = a_pad
             out[lora_input_name(module, "B")] = b_pad
         return out
+
+
+def write_zero_template(hf_dir: Path, ranks: Mapping[str, int], folder: Path) -> None:
+    """An all-zero PEFT LoRA adapter (written by peft itself) with rank ranks[module] on each PEFT module name:
+    the genai builder builds its LoRA subgraph from it, and we then feed or set the real A / B."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    top = max(ranks.values())
+    pattern = {re.escape(m): r for m, r in ranks.items()}
+    config = LoraConfig(r=top, lora_alpha=top, target_modules=sorted(ranks), rank_pattern=pattern,
+                        alpha_pattern=dict(pattern), lora_dropout=0.0, bias="none")
+    base = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    template = get_peft_model(base, config)
+    with torch.no_grad():
+        for pname, param in template.named_parameters():
+            if "lora_" in pname:
+                param.zero_()
+    template.save_pretrained(str(folder))
 
 
 def lora_input_name(module: str, which: str) -> str:
@@ -622,7 +628,8 @@ class GenaiModel:
             raise _runtime_error(f"onnxruntime-genai refuses adapter {path}: {_ort_reason(exc)}") from exc
         self.adapter_names.append(name)
 
-    def _generator(self, prompt_ids: Sequence[int], max_length: int, adapter: str | None) -> Any:
+    def _generator(self, prompt_ids: Sequence[int], max_length: int, adapter: str | None,
+                   inputs: Mapping[str, np.ndarray] | None = None) -> Any:
         og = _require_genai()
         if not prompt_ids:
             raise _runtime_error("the prompt is empty")
@@ -641,14 +648,21 @@ class GenaiModel:
                 loaded = ", ".join(self.adapter_names) or "none"
                 raise _runtime_error(f"adapter {adapter!r} is not loaded (loaded: {loaded})")
             gen.set_active_adapter(self._adapters, adapter)
+        for name, value in (inputs or {}).items():  # further graph inputs, fed at every step (fusion_weights)
+            try:
+                gen.set_model_input(name, np.ascontiguousarray(value))
+            except Exception as exc:
+                raise _runtime_error(f"onnxruntime-genai refuses input {name}: {_ort_reason(exc)}") from exc
         gen.append_tokens(np.asarray([int(t) for t in prompt_ids], dtype=np.int32))
         return gen
 
-    def greedy(self, prompt_ids: Sequence[int], max_new_tokens: int, adapter: str | None = None) -> list[int]:
-        """Greedy new tokens (prompt excluded); stops after the EOS token like HF generate (EOS included)."""
+    def greedy(self, prompt_ids: Sequence[int], max_new_tokens: int, adapter: str | None = None,
+               inputs: Mapping[str, np.ndarray] | None = None) -> list[int]:
+        """Greedy new tokens (prompt excluded); stops after the EOS token like HF generate (EOS included).
+        inputs: further graph inputs held for the whole generation (a fused decoder's fusion_weights (1, K))."""
         if max_new_tokens < 1:
             return []
-        gen = self._generator(prompt_ids, len(prompt_ids) + max_new_tokens, adapter)
+        gen = self._generator(prompt_ids, len(prompt_ids) + max_new_tokens, adapter, inputs)
         tokens: list[int] = []
         while not gen.is_done():
             gen.generate_next_token()

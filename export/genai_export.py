@@ -38,6 +38,7 @@ from dynalora.export.errors import ExportError
 
 PRECISION_OF = {None: "fp32", "fp32": "fp32", "int8": "int8", "int4": "int4"}
 QUALITY_TEXTS = 8  # held-out texts the quantised graph's perplexity / agreement are measured on
+QUALITY_MAX_TOKENS = 256  # per text (and at most the model's context length)
 _PROBES = ("The movie was good, and the story was even better.", "  Two  spaces, tabs\tand\nnew lines!",
            "naïve café — 3.14 × 2 = 6.28; emoji 🙂 ok?", "def f(x):\n    return x ** 2  # code")
 
@@ -214,9 +215,11 @@ def quality_texts(run: Any) -> tuple[list[str], str]:
     return texts, f"{len(texts)} paragraphs of the bench's sample sentences (rotated)"
 
 
-def quantised_quality(folder: Path, reference: Any, run: Any) -> dict[str, Any]:
+def quantised_quality(folder: Path, reference: Any, run: Any, extra_feeds: dict[str, np.ndarray] | None = None,
+                      ) -> dict[str, Any]:
     """Perplexity change and next-token agreement of the folder's graph against PyTorch fp32 on held-out text;
-    refuses a graph below the broken-graph floor (edge_runtime/lm_quality.py)."""
+    refuses a graph below the broken-graph floor (edge_runtime/lm_quality.py). extra_feeds: further graph inputs
+    (a fused decoder's fusion_weights)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -231,12 +234,15 @@ def quantised_quality(folder: Path, reference: Any, run: Any) -> dict[str, Any]:
     tokenizer = run.tokenizer if run is not None else AutoTokenizer.from_pretrained(str(reference))
     texts, what = quality_texts(run)
     runtime = load(folder, verify=False)
+    context = json.loads((Path(folder) / "genai_config.json").read_text(encoding="utf-8"))["model"].get("context_length")
+    limit = min(QUALITY_MAX_TOKENS, int(context or QUALITY_MAX_TOKENS))
     refs, gots, ids_all = [], [], []
     for text in texts:  # one text at a time: no padding, so every position is a real next token
-        ids = np.asarray([tokenizer(text, add_special_tokens=True)["input_ids"][:256]], dtype=np.int64)
+        ids = np.asarray([tokenizer(text, add_special_tokens=True)["input_ids"][:limit]], dtype=np.int64)
         with torch.no_grad():
             refs.append(model(input_ids=torch.from_numpy(ids)).logits.float().numpy()[0])
         feeds = ort_feeds(runtime.session.get_inputs(), {"input_ids": ids}, runtime.head_dim)
+        feeds.update(extra_feeds or {})
         gots.append(runtime.run_raw(feeds)[runtime.output_names.index("logits")][0])
         ids_all.append(ids[0])
     width = max(len(i) for i in ids_all)

@@ -240,7 +240,8 @@ class FusedModel(nn.Module):
         from dynalora.core.generate import generate_ids
 
         single = fusion_weights is None and self.router is None and self.num_tasks == 1
-        weights = torch.ones(len(prompts), 1) if single else self._weights(route_ids, route_mask, fusion_weights)[1]
+        with torch.no_grad():  # routing is inference: the returned weights carry no autograd graph
+            weights = torch.ones(len(prompts), 1) if single else self._weights(route_ids, route_mask, fusion_weights)[1]
 
         def set_weights(ids: torch.Tensor, mask: torch.Tensor) -> None:
             self.context.weights = None if single else weights.to(ids.device)

@@ -64,9 +64,13 @@ def _bpe_tokenizer(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return genai_llama(tmp_path_factory.mktemp("genai") / "llama")
+
+
+def genai_llama(folder: Path) -> Path:
+    """A tiny random-init Llama with a byte-level BPE tokenizer: both genai's builder and tokenizer read it."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    folder = tmp_path_factory.mktemp("genai") / "llama"
     # head_dim 16: hidden 64 / 4 heads (GQA with 2 key/value heads)
     cfg = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                       intermediate_size=64, vocab_size=1000, max_position_embeddings=128, bos_token_id=2,
