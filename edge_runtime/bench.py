@@ -111,7 +111,9 @@ def synthetic_batch(tokenizer: Any, batch: int, seq: int) -> dict[str, np.ndarra
     # (not padding) sets the length and the attention mask is all ones, as in a full batch.
     repeat = seq // 8 + 2
     texts = [" ".join(SAMPLE_SENTENCES[(i + k) % n] for k in range(repeat)) for i in range(batch)]
-    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=seq, return_tensors="np")
+    # (a tokenizer without a pad token, e.g. a genai folder's SmolLM2: the rows are full, nothing to pad)
+    padding = "max_length" if tokenizer.pad_token is not None else False
+    enc = tokenizer(texts, padding=padding, truncation=True, max_length=seq, return_tensors="np")
     arrays = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
     assert arrays["input_ids"].shape == (batch, seq), arrays["input_ids"].shape
     return arrays
@@ -185,6 +187,11 @@ def validate(folder: Path, manifest: Manifest, provider: str, arrays: dict[str, 
         # than 0.5 while its accuracy moves by under a point
         result.update(compared_to="manifest accuracy", max_abs_diff=recorded.get("max_abs_diff"))
         _check_int8_accuracy(recorded, result)
+    elif recorded and "max_abs_diff" not in recorded:
+        # genai folders record the builder's, the router's and the greedy checks, each of which refused the export
+        # had it failed: their presence is the verdict
+        result.update(compared_to="manifest (export checks: " + ", ".join(sorted(recorded)) + ")",
+                      max_abs_diff=None, tolerance=None)
     elif recorded:
         diff = float(recorded.get("max_abs_diff", float("nan")))
         result.update(compared_to="manifest", max_abs_diff=diff, tolerance=tolerance)
@@ -224,7 +231,8 @@ def run_bench(export_dir: str | os.PathLike[str], providers: Sequence[str] | Non
               threads: Sequence[int] = (1,), batches: Sequence[int] = (1,), seqs: Sequence[int] = (32,),
               compare_torch: bool = False, repeats: int = 20, warmup: int = 3, *, allow_fallback: bool = False,
               profile: str | None = None, decode_tokens: int = 32, adapter: str | None = None,
-              timeout_s: float = 600.0, progress: bool = True, variant: str | None = None) -> dict[str, Any]:
+              timeout_s: float = 600.0, progress: bool = True, variant: str | None = None,
+              genai: bool = False) -> dict[str, Any]:
     """Benchmark an export folder; returns {"environment", "settings", "validation", "records", "device_eps"}.
 
     variant: which graph of the folder (onnx, ort, fixed, fixed-ort: see edge_runtime.load); a fixed-shape graph
@@ -233,7 +241,9 @@ def run_bench(export_dir: str | os.PathLike[str], providers: Sequence[str] | Non
 
     providers: names like "cpu" / "cuda" (None = the best available). One record per (engine,
     provider, threads, batch, seq); with compare_torch also a torch record per (threads, batch, seq),
-    and each onnxruntime record gets `speedup_vs_torch` (torch p50 / onnxruntime p50).
+    and each onnxruntime record gets `speedup_vs_torch` (torch p50 / onnxruntime p50). genai: also time the
+    folder with onnxruntime-genai (an `export ... --runtime genai` or causal-LM `export fused` folder, CPU); each
+    onnxruntime record then gets `decode_vs_genai` (our decode tokens/s / genai's).
     """
     folder = Path(export_dir)
     threads, batches, seqs = (parse_int_list(threads, "--threads"), parse_int_list(batches, "--batch"),
@@ -260,6 +270,14 @@ def run_bench(export_dir: str | os.PathLike[str], providers: Sequence[str] | Non
                          f"{fixed[0]} --seq {fixed[1]} (or leave both out)")
     if compare_torch and variant not in (None, "onnx") and manifest.kind != "merged":
         raise BenchError("--compare-torch needs a merged export")
+    if genai:
+        if not (folder / "genai_config.json").is_file():
+            raise BenchError(f"--genai needs an onnxruntime-genai folder (genai_config.json); {folder} has none: export "
+                             "with --runtime genai")
+        if variant not in (None, "onnx"):
+            raise BenchError("--genai runs model.onnx; drop --variant")
+        if importlib.util.find_spec("onnxruntime_genai") is None:
+            raise BenchError("--genai needs onnxruntime-genai; pip install onnxruntime-genai")
 
     tokenizer = load_tokenizer(folder)  # tokenizer.json through `tokenizers`: no transformers on a device
     special = tokenizer.num_special_tokens_to_add()
@@ -267,6 +285,7 @@ def run_bench(export_dir: str | os.PathLike[str], providers: Sequence[str] | Non
         raise BenchError(f"--seq {min(seqs)} leaves no room for text: the tokenizer adds {special} special tokens; "
                          f"use --seq >= {special + 1}")
     engines = [("onnxruntime", p) for p in chosen] + ([("torch", "torch:cpu")] if compare_torch else [])
+    engines += [("genai", "onnxruntime-genai:cpu")] if genai else []
     configs = [(e, p, t, b, s) for e, p in engines for t in threads for b in batches for s in seqs]
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="dynalora-bench-") as tmp:
@@ -282,19 +301,23 @@ def run_bench(export_dir: str | os.PathLike[str], providers: Sequence[str] | Non
             spec = {"export": str(folder.resolve()), "engine": engine, "provider": provider, "threads": t,
                     "batch": b, "seq": s, "inputs": inputs[(b, s)], "repeats": repeats, "warmup": warmup,
                     "allow_fallback": allow_fallback, "profile": profile, "decode_tokens": decode_tokens,
-                    "adapter": adapter if engine == "onnxruntime" else None, "device": "cpu",
+                    "adapter": adapter if engine in ("onnxruntime", "genai") else None, "device": "cpu",
                     "variant": variant if engine == "onnxruntime" else None}
             records.append(_run_worker(spec, timeout_s))
     torch_p50 = {(r["threads"], r["batch"], r["seq"]): r["latency_ms"]["p50"] for r in records if r["engine"] == "torch"}
+    genai_rate = {(r["threads"], r["batch"], r["seq"]): r.get("decode_tokens_per_s") for r in records
+                  if r["engine"] == "onnxruntime-genai"}
     for r in records:
         key = (r["threads"], r["batch"], r["seq"])
         if r["engine"] == "onnxruntime" and key in torch_p50:
             r["speedup_vs_torch"] = torch_p50[key] / r["latency_ms"]["p50"]
+        if r["engine"] == "onnxruntime" and genai_rate.get(key) and r.get("decode_tokens_per_s"):
+            r["decode_vs_genai"] = r["decode_tokens_per_s"] / genai_rate[key]
     settings = {"export": str(folder.resolve()), "providers": chosen, "threads": threads, "batches": batches,
                 "seqs": seqs, "compare_torch": compare_torch, "repeats": repeats, "warmup": warmup,
                 "profile": profile, "decode_tokens": decode_tokens if manifest.problem == "causal-lm" else None,
                 "adapter": adapter, "kind": manifest.kind, "problem": manifest.problem, "precision": manifest.precision,
-                "variant": variant or "onnx"}
+                "variant": variant or "onnx", "genai": genai}
     cap = get_profile(profile).memory_cap_mb if profile else None
     if cap is not None:
         settings["memory_cap_mb"] = cap
@@ -337,9 +360,11 @@ def markdown_table(result: dict[str, Any]) -> str:
             "load s", "first ms", "peak RSS MB", "model MB"]
     capped = any("within_memory_cap" in r for r in records)
     head += ["RSS cap"] if capped else []
-    head += ["prefill ms", "decode tok/s"] if causal else []
+    head += ["prefill ms", "TTFT ms", "decode tok/s"] if causal else []
     compared = any("speedup_vs_torch" in r for r in records)
     head += ["vs torch"] if compared else []
+    vs_genai = any("decode_vs_genai" in r for r in records)
+    head += ["decode vs genai"] if vs_genai else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         lat = r["latency_ms"]
@@ -352,10 +377,13 @@ def markdown_table(result: dict[str, Any]) -> str:
             row.append("" if "within_memory_cap" not in r else
                        f"{'ok' if r['within_memory_cap'] else 'OVER'} ({r['memory_cap_mb']:.0f})")
         if causal:
-            row += [f"{r['prefill_ms']:.2f}" if "prefill_ms" in r else "", f"{r['decode_tokens_per_s']:.1f}"
-                    if "decode_tokens_per_s" in r else ""]
+            row += [f"{r['prefill_ms']:.2f}" if "prefill_ms" in r else "",
+                    f"{r['ttft_ms']:.2f}" if "ttft_ms" in r else "",
+                    f"{r['decode_tokens_per_s']:.1f}" if "decode_tokens_per_s" in r else ""]
         if compared:
             row.append(f"{r['speedup_vs_torch']:.2f}x" if "speedup_vs_torch" in r else "")
+        if vs_genai:
+            row.append(f"{r['decode_vs_genai']:.2f}x" if "decode_vs_genai" in r else "")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -374,7 +402,7 @@ def plot(result: dict[str, Any], path: str | os.PathLike[str]) -> None:
     p50 = np.array([r["latency_ms"]["p50"] for r in records])
     low = p50 - np.array([r["latency_ms"]["p10"] for r in records])
     high = np.array([r["latency_ms"]["p90"] for r in records]) - p50
-    colors = ["tab:blue" if r["engine"] == "onnxruntime" else "tab:orange" for r in records]
+    colors = [{"onnxruntime": "tab:blue", "torch": "tab:orange"}.get(r["engine"], "tab:green") for r in records]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(records) + 2), 4.5))
     ax.bar(range(len(records)), p50, yerr=[low, high], capsize=4, color=colors)
     ax.set_xticks(range(len(records)), labels, fontsize=7)
@@ -411,6 +439,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", default=None, help="kind=adapters exports: the adapter to activate")
     parser.add_argument("--compare-torch", action="store_true",
                         help="also time the PyTorch weights in EXPORT/torch and check outputs against them")
+    parser.add_argument("--genai", action="store_true",
+                        help="also time the folder with onnxruntime-genai (folders from --runtime genai and causal-LM "
+                             "`export fused`): the same graph, genai's own generation loop")
     parser.add_argument("--json", default=None, help="write records + environment to this JSON file")
     parser.add_argument("--plot", default=None, help="write a p50 latency bar chart to this PNG file")
     parser.add_argument("--overwrite", action="store_true", help="replace existing --json / --plot files")
@@ -441,7 +472,7 @@ def bench_main(args: argparse.Namespace) -> int:
     result = run_bench(args.export, providers, threads, batches, seqs, args.compare_torch,
                        args.repeats, args.warmup, allow_fallback=args.allow_fallback, profile=args.profile,
                        decode_tokens=args.decode_tokens, adapter=args.adapter, timeout_s=args.timeout,
-                       variant=args.variant)
+                       variant=args.variant, genai=args.genai)
     print(markdown_table(result))
     if result["device_eps"].get("source") or args.profile:  # a mobile package, or a device profile asked for
         print(device_eps_line(result))

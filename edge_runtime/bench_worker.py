@@ -68,6 +68,7 @@ def model_size_mb(folder: Path, model_file: Path | None, engine: str) -> float:
         assert model_file is not None
         paths = [model_file] + [p for p in model_file.parent.glob(model_file.name + ".data")]
         paths += [p for p in model_file.parent.glob(model_file.name + "_data")]
+        paths += [p for p in (folder / "router.onnx",) if p.is_file()]  # a causal-LM fusion's router graph
     return sum(p.stat().st_size for p in paths) / 1024**2
 
 
@@ -89,14 +90,29 @@ class OnnxEngine:
         self.load_s = self.predictor.load_seconds
         self.providers_used = self.predictor.providers
 
+    def route(self, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray | None, float]:
+        """A causal-LM fusion's routing of the batch (router.onnx) and its time; (None, 0) for other exports."""
+        if self.predictor.router is None:
+            return None, 0.0
+        feeds = {n: arrays[n].astype(np.int64) for n in ("input_ids", "attention_mask")}
+        t0 = time.perf_counter()
+        weights = self.predictor.router.run(["fusion_weights"], feeds)[0]
+        return weights, time.perf_counter() - t0
+
     def forward(self, arrays: dict[str, np.ndarray]) -> Callable[[], np.ndarray]:
         feeds = ort_feeds(self.predictor.session.get_inputs(), arrays, self.predictor.head_dim)  # KV graph: prefill
+        weights, _ = self.route(arrays)
+        if weights is not None:
+            feeds["fusion_weights"] = weights
         index = self.predictor.output_names.index("logits") if "logits" in self.predictor.output_names else 0
         return lambda: self.predictor.run_raw(feeds)[index]
 
-    def decode(self, arrays: dict[str, np.ndarray], new_tokens: int) -> tuple[float, float, int]:
-        out = self.predictor.greedy_decode(arrays["input_ids"].astype(np.int64), new_tokens)
-        return out["prefill_s"], out["decode_s"], out["decode_steps"]
+    def decode(self, arrays: dict[str, np.ndarray], new_tokens: int) -> tuple[float, float, int, float]:
+        """(prefill s, decode s, decode steps, time to first token s): our first token is the argmax of the
+        prefill logits, so TTFT = routing (a fusion) + prefill."""
+        weights, route_s = self.route(arrays)
+        out = self.predictor.greedy_decode(arrays["input_ids"].astype(np.int64), new_tokens, fusion_weights=weights)
+        return out["prefill_s"], out["decode_s"], out["decode_steps"], route_s + out["prefill_s"]
 
     def sync(self) -> None:
         pass
@@ -154,11 +170,93 @@ class TorchEngine:
                 out = self.model(input_ids=next_ids, attention_mask=mask, past_key_values=out.past_key_values,
                                  use_cache=True)
             self.sync()
-        return prefill_s, time.perf_counter() - t0, new_tokens - 1
+        return prefill_s, time.perf_counter() - t0, new_tokens - 1, prefill_s
 
     def sync(self) -> None:
         if self.device.type == "cuda":
             self.torch.cuda.synchronize()
+
+
+class GenaiEngine:
+    """The same folder through onnxruntime-genai (og.Model + og.Generator): its own KV cache, sampling loop and
+    adapters. Threads go in through an og.Config overlay (the folder's genai_config.json is not touched). A
+    causal-LM fusion is routed by router.onnx (plain onnxruntime) and its weights fed with set_model_input."""
+
+    name = "onnxruntime-genai"
+
+    def __init__(self, folder: Path, threads: int, adapter: str | None = None) -> None:
+        try:
+            import onnxruntime_genai as og
+        except ImportError as exc:
+            raise BenchError(f"--genai needs onnxruntime-genai ({exc}); pip install onnxruntime-genai") from exc
+        self.og = og
+        t0 = time.perf_counter()
+        config = og.Config(str(folder))
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+            "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
+        self.model = og.Model(config)
+        self.adapters = None
+        self.adapter = adapter
+        if adapter:
+            self.adapters = og.Adapters(self.model)
+            self.adapters.load(str(folder / "adapters" / f"{adapter}.onnx_adapter"), adapter)
+        self.router = None
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        if manifest.get("router_graph"):
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            self.router = ort.InferenceSession(str(folder / manifest["router_graph"]), opts,
+                                               providers=["CPUExecutionProvider"])
+        self.load_s = time.perf_counter() - t0
+        self.providers_used = ["onnxruntime-genai:cpu"]
+        self.model_file = folder / "model.onnx"
+
+    def _generator(self, arrays: dict[str, np.ndarray], max_length: int) -> tuple[Any, np.ndarray, float]:
+        ids = arrays["input_ids"].astype(np.int32)
+        params = self.og.GeneratorParams(self.model)
+        # min_length = max_length: EOS is masked until the length is reached, so every run decodes n tokens
+        params.set_search_options(do_sample=False, num_beams=1, batch_size=int(ids.shape[0]), max_length=max_length,
+                                  min_length=max_length)
+        gen = self.og.Generator(self.model, params)
+        if self.adapter:
+            gen.set_active_adapter(self.adapters, self.adapter)
+        route_s = 0.0
+        if self.router is not None:
+            t0 = time.perf_counter()
+            weights = self.router.run(["fusion_weights"], {n: arrays[n].astype(np.int64)
+                                                           for n in ("input_ids", "attention_mask")})[0]
+            route_s = time.perf_counter() - t0
+            gen.set_model_input("fusion_weights", np.ascontiguousarray(weights))
+        return gen, ids, route_s
+
+    def forward(self, arrays: dict[str, np.ndarray]) -> Callable[[], np.ndarray]:
+        length = int(arrays["input_ids"].shape[1]) + 1
+
+        def run() -> np.ndarray:
+            gen, ids, _ = self._generator(arrays, length)
+            gen.append_tokens(ids)  # the prefill forward
+            return np.asarray(gen.get_logits())
+
+        return run
+
+    def decode(self, arrays: dict[str, np.ndarray], new_tokens: int) -> tuple[float, float, int, float]:
+        gen, ids, route_s = self._generator(arrays, int(arrays["input_ids"].shape[1]) + new_tokens)
+        t0 = time.perf_counter()
+        gen.append_tokens(ids)  # prefill
+        t1 = time.perf_counter()
+        gen.generate_next_token()  # picks token 1 from the prefill logits (no forward)
+        t2 = time.perf_counter()
+        steps = 0
+        while not gen.is_done():
+            gen.generate_next_token()  # one forward of the previous token + the greedy pick
+            steps += 1
+        t3 = time.perf_counter()
+        return t1 - t0, t3 - t2, steps, route_s + (t2 - t0)
+
+    def sync(self) -> None:
+        pass
 
 
 def run_config(spec: dict[str, Any]) -> dict[str, Any]:
@@ -170,7 +268,10 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
         arrays = {k: data[k] for k in data.files}
     rss_baseline = current_rss_mb()
     if spec["engine"] == "torch":
-        engine: OnnxEngine | TorchEngine = TorchEngine(folder, problem, spec["threads"], spec.get("device", "cpu"))
+        engine: OnnxEngine | TorchEngine | GenaiEngine = TorchEngine(folder, problem, spec["threads"],
+                                                                     spec.get("device", "cpu"))
+    elif spec["engine"] == "genai":
+        engine = GenaiEngine(folder, spec["threads"], spec.get("adapter"))
     else:
         engine = OnnxEngine(folder, spec["provider"], spec["threads"], spec.get("profile"),
                             spec.get("allow_fallback", False), spec.get("adapter"), spec.get("variant"))
@@ -197,9 +298,9 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
     new_tokens = spec.get("decode_tokens", 0)
     if problem == "causal-lm" and new_tokens > 1:
         runs = [engine.decode(arrays, new_tokens) for _ in range(max(1, min(3, spec["repeats"])))]
-        prefill_s = float(np.mean([r[0] for r in runs]))
+        prefill_s, ttft_s = float(np.median([r[0] for r in runs])), float(np.median([r[3] for r in runs]))
         decode_s, steps = float(np.sum([r[1] for r in runs])), int(np.sum([r[2] for r in runs]))
-        record.update(prefill_ms=prefill_s * 1e3, decode_tokens=new_tokens,
+        record.update(prefill_ms=prefill_s * 1e3, ttft_ms=ttft_s * 1e3, decode_tokens=new_tokens,
                       decode_tokens_per_s=batch * steps / decode_s if decode_s > 0 else float("inf"))
     record["peak_rss_mb"] = peak_rss_mb()  # last: includes everything this configuration touched
     return record

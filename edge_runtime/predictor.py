@@ -212,9 +212,14 @@ class Predictor:
                                    "causal-LM fusion")
         if not texts:
             raise RuntimeLoadError("route needs at least one text")
-        enc = self.tokenizer(list(texts), padding=True, truncation=self.manifest.max_length is not None,
-                             max_length=self.manifest.max_length, return_tensors="np")
-        feeds = {n: np.asarray(enc[n], dtype=np.int64) for n in ("input_ids", "attention_mask")}
+        rows = [self.tokenizer([t], truncation=self.manifest.max_length is not None,
+                               max_length=self.manifest.max_length)["input_ids"][0] for t in texts]
+        width = max(len(r) for r in rows)  # padded by hand: the router masks padding out (any id will do), and a
+        ids = np.zeros((len(rows), width), dtype=np.int64)  # genai folder's tokenizer may define no pad token
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)], mask[i, : len(r)] = r, 1
+        feeds = {"input_ids": ids, "attention_mask": mask}
         probs, weights = self.router.run(["router_probs", "fusion_weights"], feeds)
         names = [t["name"] for t in self.manifest.raw.get("fusion", {}).get("tasks", [])]
         top = probs.argmax(-1).tolist()

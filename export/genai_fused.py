@@ -345,21 +345,31 @@ def verify_generation(fusion: Any, folder: Path, examples: list[tuple[int, Any, 
 def export_genai_fused(fuse_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, quantize: str | None = None,
                        overwrite: bool = False) -> dict[str, Any]:
     """Export a causal-LM fusion folder as router.onnx + a fused genai decoder; returns the manifest written."""
-    from dynalora.core.models import resolve_model_path
-    from dynalora.export.common import encode, refuse_existing
-    from dynalora.export.genai import MANIFEST, _lora_node, _require_genai, _run_builder, describe_graph, write_zero_template
-    from dynalora.export.genai_export import PRECISION_OF, fix_gguf_bytelevel_decoder, quantised_quality
+    from dynalora.export.common import refuse_existing
+    from dynalora.export.genai import _require_genai
+    from dynalora.export.genai_export import PRECISION_OF
     from dynalora.fusion.train import load_fusion
 
     if quantize not in PRECISION_OF:
         raise ExportError(f"a causal-LM fusion exports in fp32 (default), --quantize int8 or --quantize int4; got {quantize!r}")
-    precision = PRECISION_OF[quantize]
     out = refuse_existing(out, overwrite)
     _require_genai()
     try:
         fusion = load_fusion(fuse_dir)
     except DynaloraError as exc:
         raise ExportError(f"cannot load fusion {fuse_dir}: {exc}") from None
+    return export_loaded_fusion(fusion, out, PRECISION_OF[quantize], overwrite=overwrite)
+
+
+def export_loaded_fusion(fusion: Any, out: Path, precision: str, *, overwrite: bool = False) -> dict[str, Any]:
+    """The export of an already loaded fusion (`LoadedFusion`: .model, .tokenizer, .specs, .config, .path,
+    .max_length); benchmarks/edge_llm.py builds K = 8 from repeated adapters this way."""
+    from dynalora.core.models import resolve_model_path
+    from dynalora.export.common import encode
+    from dynalora.export.genai import MANIFEST, _lora_node, _run_builder, describe_graph, write_zero_template
+    from dynalora.export.genai_export import fix_gguf_bytelevel_decoder, quantised_quality
+
+    fuse_dir = fusion.path
     fused, tok = fusion.model, fusion.tokenizer
     if not fused.causal:
         raise ExportError(f"{fuse_dir} is a classifier fusion; this exporter takes causal-LM fusions")

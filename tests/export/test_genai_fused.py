@@ -176,3 +176,23 @@ def test_int4_decoder_keeps_adapters_in_float(fuse_dir: Path, tmp_path: Path) ->
     v = manifest["verification"]
     assert v["generation"]["prompts"] == 6 and 0.0 <= v["generation"]["ours"]["token_agreement"] <= 1.0
     assert v["quality"]["top1_agreement"] >= v["quality"]["floor_top1"]
+
+
+def test_bench_times_router_plus_decoder_in_both_runtimes(exported: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`dynalora bench EXPORT --genai`: our runtime and onnxruntime-genai on the same fused folder, side by side."""
+    from dynalora.cli import main
+
+    report = tmp_path / "bench.json"
+    assert main(["bench", str(exported), "--genai", "--batch", "1,4", "--seq", "8", "--repeats", "2", "--warmup", "1",
+                 "--decode-tokens", "6", "--json", str(report)]) == 0
+    table = capsys.readouterr().out
+    assert "TTFT ms" in table and "decode vs genai" in table
+    records = json.loads(report.read_text())["records"]
+    assert sorted((r["engine"], r["batch"]) for r in records) == [("onnxruntime", 1), ("onnxruntime", 4),
+                                                                  ("onnxruntime-genai", 1), ("onnxruntime-genai", 4)]
+    for r in records:
+        assert r["decode_tokens_per_s"] > 0 and r["ttft_ms"] >= r["prefill_ms"] > 0 and r["peak_rss_mb"] > 0
+        assert r["model_mb"] * 2**20 >= (exported / "model.onnx.data").stat().st_size  # graph + data + router
+    assert all(r["decode_vs_genai"] > 0 for r in records if r["engine"] == "onnxruntime")
+    assert main(["bench", str(tmp_path), "--genai"]) == 2  # not an export folder: one line
