@@ -10,6 +10,10 @@ data folder).
      base_{fp32,int8,int4}      export_genai("smollm2-135m")                       (`dynalora export base`)
      merged_{fp32,int8,int4}    export_genai(run_dir=RUN_A)                         (`dynalora export merged`)
      adapters_{fp32,int8,int4}  export_genai_adapters([RUN_A, RUN_B])               (`dynalora export adapters`)
+     fused-kK_{fp32,int8,int4}  export_loaded_fusion(K adapters of --fuse)         (`dynalora export fused`)
+   Fused K: the fusion folder's router and adapters (benchmarks/fusion_gen.py: 4 BIG-bench generation tasks);
+   K = 2 takes its first two adapters and those two rows of the router's output layer, K = 8 repeats the four
+   adapters twice (router rows repeated): a timing shape, the repeated copies share their task's weight.
    A refused export (ExportError, e.g. a quantised graph under the next-token-agreement floor) is recorded with
    its message and the benchmark goes on without that folder; the refusal is cached (--retry-refused retries).
    One exception, reported as such: when the library refuses a merged export at its merge check
@@ -31,6 +35,8 @@ data folder).
             (the export's own merged weights, export/merge.py) and the two PEFT adapters loaded into a PeftModel
             (unmerged LoRA: the hot-swapped setting); torch.set_num_threads(2) and OMP_WAIT_POLICY=PASSIVE
             (--torch-omp-wait: on a loaded machine torch's busy-waiting OpenMP pool is several times slower)
+   Fused folders: the prompt is routed by router.onnx (ours, genai) or FusedModel.route (torch), once, and the
+   top-p weights are held for every token (genai: set_model_input("fusion_weights")); TTFT includes the routing.
    Every engine: prefill = the forward over the prompt that yields the first token; decode tokens/s =
    batch x (n - 1) / time of the n - 1 one-token steps (genai: the generate_next_token loop after the first
    call, which only picks the token from the prefill logits); TTFT = prefill (+ genai's first
@@ -70,7 +76,10 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PRECISIONS = ("fp32", "int8", "int4")
-KINDS = ("base", "merged", "adapters")
+FUSED_K = (2, 4, 8)
+FUSED = tuple(f"fused-k{k}" for k in FUSED_K)
+KINDS = ("base", "merged", "adapters", *FUSED)
+KIND_ORDER = ("merged", "adapters", *FUSED, "base")
 ENGINES = ("ours", "genai", "torch")
 ENGINE_LABEL = {"ours": "dynalora (ORT)", "genai": "onnxruntime-genai", "torch": "PyTorch eager"}
 
@@ -108,13 +117,22 @@ def _child_ours(spec: dict[str, Any]) -> dict[str, Any]:
         p.use_adapter(adapters[0])
     prompt = np.asarray([spec["prompt"]], dtype=np.int64)
     n = spec["new_tokens"]
+
+    def decode(ids: Any) -> dict[str, Any]:
+        route_s, weights = 0.0, None
+        if p.router is not None:  # a fused folder: route the prompt once (router.onnx), hold the weights
+            t0 = time.perf_counter()
+            weights = p.router.run(["fusion_weights"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+            route_s = time.perf_counter() - t0
+        r = p.greedy_decode(ids, n, stop_at_eos=False, fusion_weights=weights)
+        return {"prefill_s": r["prefill_s"], "ttft_s": route_s + r["prefill_s"], "route_s": route_s,
+                "decode_s": r["decode_s"], "decode_steps": r["decode_steps"], "tokens": int(r["tokens"].shape[1]),
+                "first_row": r["tokens"][0].tolist()}
+
     for b in spec["batches"]:
         ids = np.tile(prompt, (b, 1))
-        p.greedy_decode(ids, n, stop_at_eos=False)  # warm-up
-        r = p.greedy_decode(ids, n, stop_at_eos=False)
-        out["batches"][str(b)] = {"prefill_s": r["prefill_s"], "ttft_s": r["prefill_s"], "decode_s": r["decode_s"],
-                                  "decode_steps": r["decode_steps"], "tokens": int(r["tokens"].shape[1]),
-                                  "first_row": r["tokens"][0].tolist()}
+        decode(ids)  # warm-up
+        out["batches"][str(b)] = decode(ids)
     if adapters:
         t0 = time.perf_counter()
         p.use_adapter(adapters[1])  # first switch: reads B's .onnx_adapter (memory-mapped), no base reload
@@ -145,6 +163,14 @@ def _child_genai(spec: dict[str, Any]) -> dict[str, Any]:
     if adapters:
         bank = og.Adapters(model)
         bank.load(str(folder / "adapters" / f"{adapters[0]}.onnx_adapter"), adapters[0])
+    router = None
+    if (folder / "router.onnx").is_file():  # a fused folder: router.onnx through plain onnxruntime
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = spec["threads"]
+        router = ort.InferenceSession(str(folder / "router.onnx"), opts, providers=["CPUExecutionProvider"])
+        out["load_s"] = time.perf_counter() - t0
     prompt = np.asarray(spec["prompt"], dtype=np.int32)
     n = spec["new_tokens"]
     length = len(prompt) + n
@@ -157,6 +183,10 @@ def _child_genai(spec: dict[str, Any]) -> dict[str, Any]:
         if adapter is not None:
             gen.set_active_adapter(bank, adapter)
         t0 = time.perf_counter()
+        if router is not None:  # routing is part of the time to first token
+            ids = np.tile(prompt, (b, 1)).astype(np.int64)
+            gen.set_model_input("fusion_weights", router.run(["fusion_weights"], {
+                "input_ids": ids, "attention_mask": np.ones_like(ids)})[0])
         gen.append_tokens(np.tile(prompt, (b, 1)))
         t1 = time.perf_counter()
         gen.generate_next_token()  # picks token 1 from the prefill logits (no forward)
@@ -192,7 +222,12 @@ def _child_torch(spec: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(spec["threads"])
     t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(spec["folder"], dtype=torch.float32)
+    fused = None
+    if spec.get("fuse"):  # FusedModel eager: route once, hold the weights (fusion/model.py)
+        fused = fusion_k(Path(spec["fuse"]), int(spec["fuse_k"])).model
+        model = fused.model
+    else:
+        model = AutoModelForCausalLM.from_pretrained(spec["folder"], dtype=torch.float32)
     adapters = spec.get("adapters")
     if adapters:
         from peft import PeftModel
@@ -209,6 +244,10 @@ def _child_torch(spec: dict[str, Any]) -> dict[str, Any]:
     def decode(ids: torch.Tensor) -> dict[str, Any]:
         mask = torch.ones_like(ids)
         t0 = time.perf_counter()
+        if fused is not None:
+            from dynalora.fusion.router import top_p_weights
+
+            fused.context.weights = top_p_weights(fused.route(ids, mask), fused.top_p)
         o = model(input_ids=ids, attention_mask=mask, past_key_values=DynamicCache(), use_cache=True)
         nxt = o.logits[:, -1].argmax(-1, keepdim=True)
         t1 = time.perf_counter()
@@ -268,6 +307,35 @@ def run_child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
 
 
 # ---- exports -------------------------------------------------------------------------------------------------
+def fusion_k(fuse_dir: Path, k: int) -> Any:
+    """The fusion with K adapters: its own (K = its size), its first K with those router rows (K smaller), or its
+    adapters repeated with their router rows repeated (K larger; a timing shape). Same router features and top-p."""
+    import copy
+
+    from dynalora.fusion import load_fusion
+    from dynalora.fusion.model import build_fused_model
+    from dynalora.fusion.router import Router
+    from dynalora.fusion.train import LoadedFusion
+
+    fusion = load_fusion(fuse_dir)
+    n = len(fusion.specs)
+    if k == n:
+        return fusion
+    rows = [i % n for i in range(k)]
+    specs = [copy.copy(fusion.specs[i]) for i in rows]
+    if k > n:
+        for i, spec in enumerate(specs):
+            spec.name = f"{spec.name}#{i}"
+    old = fusion.model.router
+    router = Router(old.norm.normalized_shape[0], k, old.fc1.out_features, 0.0)
+    state = dict(old.state_dict())
+    state["fc2.weight"], state["fc2.bias"] = state["fc2.weight"][rows], state["fc2.bias"][rows]
+    router.load_state_dict(state)
+    config = dict(fusion.config, tasks=[fusion.config["tasks"][i] for i in rows])
+    return LoadedFusion(path=fusion.path, config=config, model=build_fused_model(specs, router.eval(), fusion.model.top_p),
+                        tokenizer=fusion.tokenizer, specs=specs)
+
+
 def _export_one(args: argparse.Namespace, kind: str, precision: str, folder: Path, runs: list[Path],
                 merge_atol: float | None) -> dict[str, Any]:
     """One export through the library's python API; {"status": exported | refused | failed, ...}."""
@@ -287,6 +355,10 @@ def _export_one(args: argparse.Namespace, kind: str, precision: str, folder: Pat
             export_genai(args.model, folder, quantize=quantize)
         elif kind == "merged":
             export_genai(args.model, folder, quantize=quantize, run_dir=runs[0])
+        elif kind in FUSED:
+            from dynalora.export.genai_fused import export_loaded_fusion
+
+            export_loaded_fusion(fusion_k(Path(args.fuse), int(kind.removeprefix("fused-k"))), folder, precision)
         else:
             export_genai_adapters(runs, folder, quantize=quantize)
     except ExportError as exc:
@@ -344,7 +416,7 @@ def ensure_exports(args: argparse.Namespace, exports: Path, runs: dict[str, Path
 
 
 def folder_bytes(folder: Path) -> dict[str, int]:
-    model = sum(p.stat().st_size for p in folder.glob("model.onnx*"))
+    model = sum(p.stat().st_size for p in folder.glob("model.onnx*")) + sum(p.stat().st_size for p in folder.glob("router.onnx"))
     adapters = sum(p.stat().st_size for p in (folder / "adapters").glob("*")) if (folder / "adapters").is_dir() else 0
     return {"model": model, "adapters": adapters}
 
@@ -364,7 +436,7 @@ def graph_info(folder: Path) -> dict[str, Any] | None:
 def _ordered(names: Any) -> list[str]:
     """Export / variant names in kind, precision order (JSON reloads them sorted)."""
     def key(n: str) -> tuple[int, int, str]:
-        kind = next((i for i, k in enumerate(("merged", "adapters", "base")) if f"{k}_" in n), 9)
+        kind = next((i for i, k in enumerate(KIND_ORDER) if f"{k}_" in n), 9)
         prec = next((i for i, q in enumerate(PRECISIONS) if n.endswith(q)), 9)
         return kind, prec, n
     return sorted(names, key=key)
@@ -472,7 +544,7 @@ def task_metric(folders: dict[str, tuple[Path, str | None]], run: Any, data: Any
 
 # ---- timing --------------------------------------------------------------------------------------------------
 def build_variants(records: dict[str, dict[str, Any]], hf_base: Path, merged_torch: Path | None,
-                   runs: dict[str, Path]) -> dict[str, dict[str, Any]]:
+                   runs: dict[str, Path], fuse: Path | None = None) -> dict[str, dict[str, Any]]:
     """Every (engine, folder) to time, in the round-robin order: grouped by precision, so the variants a target
     compares (merged / hot-swapped, ours / genai) sit next to each other in every round."""
     names = list(runs)  # adapter names in run order: A (timed), B (switched to)
@@ -480,8 +552,8 @@ def build_variants(records: dict[str, dict[str, Any]], hf_base: Path, merged_tor
     adapter_bytes = sum(safetensors(d / "adapter") for d in runs.values())
     variants: dict[str, dict[str, Any]] = {}
     for precision in PRECISIONS:
-        for kind in ("merged", "adapters", "base"):
-            rec = records[f"{kind}_{precision}"]
+        for kind in KIND_ORDER:
+            rec = records.get(f"{kind}_{precision}", {})
             if "folder" not in rec:
                 continue
             for engine in ("ours", "genai"):
@@ -491,6 +563,11 @@ def build_variants(records: dict[str, dict[str, Any]], hf_base: Path, merged_tor
                     "size_bytes": rec["bytes"]["model"] + rec["bytes"]["adapters"]}
         if precision != "fp32":
             continue
+        if fuse is not None:
+            for k in FUSED_K:
+                variants[f"torch_fused-k{k}_fp32"] = {"engine": "torch", "kind": f"fused-k{k}", "precision": "fp32",
+                                                      "folder": str(hf_base), "fuse": str(fuse), "fuse_k": k,
+                                                      "adapters": None, "size_bytes": safetensors(hf_base) + adapter_bytes}
         if merged_torch is not None:
             variants["torch_merged_fp32"] = {"engine": "torch", "kind": "merged", "precision": "fp32",
                                              "folder": str(merged_torch), "adapters": None,
@@ -514,7 +591,7 @@ def timing(variants: dict[str, dict[str, Any]], prompt: list[int], args: argpars
         order = names[rnd % len(names):] + names[: rnd % len(names)]
         for i, name in enumerate(order):
             v = variants[name]
-            spec = {k: v[k] for k in ("engine", "folder", "adapters") if k in v} | {
+            spec = {k: v[k] for k in ("engine", "folder", "adapters", "fuse", "fuse_k") if k in v} | {
                 "adapter_dirs": v.get("adapter_dirs"), "prompt": prompt, "batches": batches,
                 "new_tokens": args.new_tokens, "threads": args.threads,
                 "omp_wait_policy": args.torch_omp_wait if v["engine"] == "torch" else None}
@@ -612,6 +689,10 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     out.append(at_least("hot-swapped (adapters folder, adapter A active) decode >= 0.9x merged, same runtime & precision",
                         [(f"{e} {p} b{b}", f"{e}_adapters_{p}", f"{e}_merged_{p}", b)
                          for e in ENGINES for p in PRECISIONS for b in batches], 0.9))
+    # 1b. fused K=4 decode >= 0.85x merged, same runtime and precision
+    out.append(at_least("fused K=4 (router.onnx + fused decoder) decode >= 0.85x merged, same runtime & precision",
+                        [(f"{e} {p} b{b}", f"{e}_fused-k4_{p}", f"{e}_merged_{p}", b)
+                         for e in ENGINES for p in PRECISIONS for b in batches], 0.85))
     # 2. int4 decode >= 2x PyTorch eager fp32 and >= 1.3x our int8 (ours, per folder kind)
     checks = []
     for kind in ("merged", "base", "adapters"):
@@ -728,7 +809,13 @@ def render(report: dict[str, Any]) -> str:
         graph = f"{g['matmul_nbits']} MatMulNBits, {g['float_matmul']} float MatMul, {g['embedding']}" if g else "-"
         if rec.get("status") in ("reused", "exported"):
             b = rec.get("verification", {}).get("builder", {})
-            if "max_abs_logit_diff" in b:
+            fv = rec.get("verification", {})
+            if "generation" in fv:  # a fused folder: router graph and routed greedy generations vs load_fusion
+                g = fv["generation"]
+                note = (f"router graph max diff {fv['router']['max_abs_diff']:.2g}; routed greedy vs PyTorch FusedModel: "
+                        f"ours {g['ours']['identical_sequences']}/{g['prompts']}, genai "
+                        f"{g['genai']['identical_sequences']}/{g['prompts']} identical")
+            elif "max_abs_logit_diff" in b:
                 note = f"builder check: max |logit diff| {b['max_abs_logit_diff']:.3g}, top-1 {100 * b['top1_agreement']:.0f}%"
             else:
                 note = "builder check: " + ", ".join(
@@ -756,7 +843,7 @@ def render(report: dict[str, Any]) -> str:
                   "| variant | runtime | precision | prefill ms | decode tok/s (range over rounds) | TTFT ms | peak RSS MB | "
                   "size MB | vs merged same runtime/precision (paired per round: median [min-max]) |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        for name, r in sorted(rows.items(), key=lambda kv: (("merged", "adapters", "base").index(kv[1]["kind"]),
+        for name, r in sorted(rows.items(), key=lambda kv: (KIND_ORDER.index(kv[1]["kind"]),
                                                             PRECISIONS.index(kv[1]["precision"]),
                                                             ENGINES.index(kv[1]["engine"]))):
             br = r.get("batches", {}).get(str(b))
@@ -810,6 +897,17 @@ def render(report: dict[str, Any]) -> str:
         if name.startswith("adapters_") and rec.get("verification", {}).get("greedy"):
             for ad, g in rec["verification"]["greedy"].items():
                 lines.append(f"| {name} | {ad} | {g['identical_sequences']}/{g['prompts']} | {100 * g['token_agreement']:.1f}% |")
+    fused_rows = [(n, ex[n]["verification"]["generation"]) for n in _ordered(ex)
+                  if ex[n].get("verification", {}).get("generation")]
+    if fused_rows:
+        lines += ["", "Fused folders: greedy generations routed by router.onnx vs the PyTorch FusedModel (load_fusion) on "
+                  "the first evaluation prompts of every task (fp32 is refused unless identical):", "",
+                  "| folder | prompts | ours identical | ours token agreement | genai identical | genai token agreement |",
+                  "|---|---|---|---|---|---|"]
+        for n, g in fused_rows:
+            lines.append(f"| {n} | {g['prompts']} | {g['ours']['identical_sequences']} | "
+                         f"{100 * g['ours']['token_agreement']:.1f}% | {g['genai']['identical_sequences']} | "
+                         f"{100 * g['genai']['token_agreement']:.1f}% |")
     gated = [n for n in ("adapters_int8", "adapters_int4") if ex.get(n, {}).get("folder")]
     if gated:
         lines += ["", f"Note: `export adapters --runtime genai` measures no held-out perplexity / next-token agreement for "
@@ -895,6 +993,8 @@ def main() -> int:
     ap.add_argument("--runs-dir", default="/tmp/fusion_gen/seed0/runs")
     ap.add_argument("--run-a", default="sentence_negation", help="merged run; adapter A; prompts")
     ap.add_argument("--run-b", default="past_tense", help="adapter B of the adapters folders")
+    ap.add_argument("--fuse", default="/tmp/fusion_gen/seed0/fuse",
+                    help="fusion folder of generation runs (benchmarks/fusion_gen.py) for the fused K=2,4,8 folders")
     ap.add_argument("--work", default="/tmp/edge_llm")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=32)
@@ -973,7 +1073,7 @@ def main() -> int:
     del run
     # timing
     variants = build_variants(report["exports"], hf_base, merged_torch,
-                              {n: p for n, p in zip(report["adapter_names"], runs.values())})
+                              {n: p for n, p in zip(report["adapter_names"], runs.values())}, Path(args.fuse))
     report["variants"] = variants
     report["timing"] = timing(variants, prompt, args, work / "timing_partial.json")
     report["rows"] = summarize(variants, report["timing"])
@@ -995,11 +1095,6 @@ def main() -> int:
             "batch 1 0.32-0.55 s/step default vs 0.11-0.14 s/step passive; batch 4 0.8-4.5 vs 0.16-0.20 s/step), "
             "which would flatter every ratio against PyTorch. onnxruntime uses its own thread pool (spinning on, "
             "its default, for ours and genai alike). `--torch-omp-wait ''` measures torch's default.")
-    report["notes"].append(
-        "ours on a genai folder: `Predictor._eos_token_ids` reads eos_token_id only from generation_config.json / "
-        "config.json, which `--runtime genai` folders do not have (genai_config.json has it), so "
-        "`greedy_decode(stop_at_eos=True)` / `generate()` never stop at EOS there; the task metric cuts the "
-        "answers at the run's EOS ids itself, the timing uses stop_at_eos=False anyway.")
     report["load_average_end"] = list(os.getloadavg())
     report["targets"] = targets(report)
     write_report(report, out)
