@@ -55,7 +55,11 @@ def dlp_lora_weights(probs: torch.Tensor, p: float) -> torch.Tensor:
 
 def sentence_features(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """Mean of the base model's input token embeddings over unpadded tokens: (B, H)."""
-    emb = model.get_input_embeddings()(input_ids)  # (B, T, H)
+    return masked_mean(model.get_input_embeddings()(input_ids), attention_mask)
+
+
+def masked_mean(emb: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, T, H) token embeddings -> (B, H) mean over the tokens the mask keeps (all, without a mask)."""
     if attention_mask is None:
         return emb.mean(dim=1)
     m = attention_mask.to(emb.dtype).unsqueeze(-1)  # (B, T, 1)
