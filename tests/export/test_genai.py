@@ -391,8 +391,12 @@ def test_export_merged_genai_run_checks_greedy_and_quality(gen_run: Path, tmp_pa
     # `dynalora bench --compare-torch` on the genai folder: our runtime decodes its graph, judged against torch/
     from dynalora.edge_runtime.bench import run_bench
 
-    check = run_bench(tmp_path / "fp32", None, [1], [1], [8], True, repeats=2, warmup=1)["validation"][0]
+    result = run_bench(tmp_path / "fp32", None, [1], [1], [8], True, repeats=2, warmup=1, decode_tokens=4, genai=True)
+    check = result["validation"][0]
     assert check["compared_to"] == "torch" and check["max_abs_diff"] <= check["tolerance"]
+    # our runtime, PyTorch eager and onnxruntime-genai side by side in one run
+    assert sorted(r["engine"] for r in result["records"]) == ["onnxruntime", "onnxruntime-genai", "torch"]
+    assert all(r["decode_tokens_per_s"] > 0 and r["ttft_ms"] > 0 for r in result["records"])
     capsys.readouterr()
     # int4 without genai, and genai for a classifier-only flag: one line, exit 2, nothing written
     assert main(["export", "merged", "--run", str(gen_run), "--quantize", "int4", "--out", str(tmp_path / "x")]) == 2
