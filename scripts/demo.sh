@@ -15,7 +15,8 @@
 #      (`--objective generate`: response-token loss, chat template, greedy evaluation with exact match /
 #      ROUGE-L / BLEU), exported as an onnxruntime-genai folder in int8 (`--runtime genai`: loads in
 #      onnxruntime-genai and in dynalora's runtime; greedy generations and next-token agreement checked)
-#      and benchmarked (decode). DEMO_GEN=0 skips this stage.
+#      and benchmarked (decode: our runtime, PyTorch eager and onnxruntime-genai side by side). DEMO_GEN=0 skips
+#      this stage.
 # The cluster is stopped on exit, also on failure. Outputs go to $DEMO_OUT (default demo_out/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,7 +78,7 @@ if [ "${DEMO_GEN:-1}" = 1 ]; then
     --steps "${DEMO_GEN_STEPS:-40}" --batch-size 8 --lr 2e-3 --max-length 192 --max-new-tokens 4 --max-eval 200 \
     --no-progress
   dynalora export merged --run "$OUT/run-gen" --runtime genai --quantize int8 --out "$OUT/export-gen-int8" --overwrite
-  dynalora bench "$OUT/export-gen-int8" --compare-torch --threads 2 --batch 1 --seq 64 --repeats 5 \
+  dynalora bench "$OUT/export-gen-int8" --compare-torch --genai --threads 2 --batch 1 --seq 64 --repeats 5 \
     --json "$OUT/bench-gen-int8.json" --overwrite
 fi
 
