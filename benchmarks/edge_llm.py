@@ -52,8 +52,9 @@ data folder).
    next-token agreement vs PyTorch fp32 on held-out text; the adapters folders' greedy agreement), and the task
    metric of the run through our runtime: greedy answers (batch 1, the run's max_new_tokens, cut at EOS, decoded
    with the run's tokenizer) to --quality-prompts evaluation prompts, exact match / ROUGE-L / BLEU
-   (core/gen_metrics.py), for merged fp32 / int8 / int4, the adapters folders with A active, and the run's own
-   PyTorch model (adapters unmerged).
+   (core/gen_metrics.py), for merged fp32 / int8 / int4, the adapters folders with A active, the fused K=4
+   folders (each prompt routed by router.onnx on its example text: the run is one of the fusion's 4 tasks), and
+   the run's own PyTorch model (adapters unmerged).
 4. Targets of the issue, computed from the numbers ("met" / "not met").
 
 The machine may be shared: the load average at start and end (and at the start of every measurement) is in
@@ -515,10 +516,11 @@ def task_metric(folders: dict[str, tuple[Path, str | None]], run: Any, data: Any
         if adapter:
             p.use_adapter(adapter)
         rows, t0 = [], time.perf_counter()
-        for ids in prompts:
-            # stop_at_eos=True would not stop here: genai folders carry no generation_config.json / config.json,
-            # where Predictor._eos_token_ids looks (see the report); the rows are cut at the run's EOS below
-            got = p.greedy_decode(np.asarray([ids], dtype=np.int64), steps, stop_at_eos=True)["tokens"][0].tolist()
+        for e, ids in zip(examples, prompts):
+            # a fused folder routes each prompt on its example text with router.onnx (as load_fusion does)
+            weights = p.route([e.text])["fusion_weights"] if p.router is not None else None
+            got = p.greedy_decode(np.asarray([ids], dtype=np.int64), steps, stop_at_eos=True,
+                                  fusion_weights=weights)["tokens"][0].tolist()
             rows.append(got[: next((k for k, t in enumerate(got) if t in eos), len(got))])
         result = score(rows) | {"seconds": time.perf_counter() - t0, "ids": rows}
         out["variants"][name] = result
@@ -1064,7 +1066,8 @@ def main() -> int:
     report["adapter_names"] = names
     # quality: the task metric through our runtime (merged and hot-swapped A), and PyTorch merged fp32
     folders = {f"ours_{k}_{p}": (Path(report["exports"][f"{k}_{p}"]["folder"]), report["adapter_names"][0] if k == "adapters" else None)
-               for k in ("merged", "adapters") for p in PRECISIONS if "folder" in report["exports"][f"{k}_{p}"]}
+               for k in ("merged", "adapters", "fused-k4") for p in PRECISIONS
+               if "folder" in report["exports"].get(f"{k}_{p}", {})}
     report["task_metric"] = task_metric(folders, run, data, args.quality_prompts, args.threads,
                                         work / "task_metric_cache.json")
     from dynalora.atomic import write_json
