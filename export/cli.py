@@ -67,6 +67,21 @@ def _add_runtime_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", choices=("ort", "genai"), default="ort",
                         help="causal LMs: ort = optimum's graph for dynalora's runtime (default); genai = onnxruntime-genai's "
                              "model builder, a folder both onnxruntime-genai and dynalora's runtime load (fp32, int8, int4)")
+    add_block_size_flag(parser)
+
+
+def add_block_size_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--block-size", type=int, choices=(16, 32, 64, 128), default=None,
+                        help="--runtime genai with --quantize int8|int4: weights per quantisation block (default 32; "
+                             "16 = closer to fp32, larger files: SmolLM2-135M int4 perplexity +2.3%% vs +10.9%% at 32, "
+                             "103 vs 87 MB)")
+
+
+def check_block_size(args: argparse.Namespace) -> None:
+    from dynalora.errors import ConfigError
+
+    if getattr(args, "block_size", None) is not None and args.quantize not in ("int8", "int4"):
+        raise ConfigError("--block-size applies to --runtime genai with --quantize int8 or int4")
 
 
 def _genai(args: argparse.Namespace, model: str | None, run: str | None) -> int:
@@ -79,7 +94,9 @@ def _genai(args: argparse.Namespace, model: str | None, run: str | None) -> int:
             raise ConfigError(f"{flag} does not apply to --runtime genai (the genai builder decides the graph)")
     if getattr(args, "task_kind", "text-generation-with-past") != "text-generation-with-past":
         raise ConfigError("--runtime genai exports causal LMs (text generation with the KV cache) only")
-    manifest = export_genai(model or "", args.out, quantize=args.quantize, overwrite=args.overwrite, run_dir=run)
+    check_block_size(args)
+    manifest = export_genai(model or "", args.out, quantize=args.quantize, overwrite=args.overwrite, run_dir=run,
+                            block_size=args.block_size)
     return report(args.out, manifest)
 
 
@@ -91,6 +108,8 @@ def _cmd_merged(args: argparse.Namespace) -> int:
         return _genai(args, None, args.run)
     if args.quantize == "int4":
         raise ConfigError("--quantize int4 needs --runtime genai (block-wise 4-bit MatMulNBits from onnxruntime-genai's builder)")
+    if args.block_size is not None:
+        raise ConfigError("--block-size applies to --runtime genai")
     manifest = export_merged(args.run, args.out, quantize=args.quantize, opset=args.opset, overwrite=args.overwrite,
                              optimize=args.optimize, target=args.target, calibration_samples=args.calibration_samples)
     return report(args.out, manifest)
@@ -106,10 +125,11 @@ def _cmd_adapters(args: argparse.Namespace) -> int:
                 raise ConfigError(f"{flag} does not apply to --runtime genai (the genai builder decides the graph)")
         from dynalora.export.genai_export import export_genai_adapters
 
+        check_block_size(args)
         return report(args.out, export_genai_adapters(args.runs, args.out, quantize=args.quantize,
-                                                      overwrite=args.overwrite))
-    if args.quantize is not None:
-        raise ConfigError("--quantize on `export adapters` needs --runtime genai")
+                                                      overwrite=args.overwrite, block_size=args.block_size))
+    if args.quantize is not None or args.block_size is not None:
+        raise ConfigError("--quantize / --block-size on `export adapters` need --runtime genai")
     return report(args.out, export_adapters(args.runs, args.out, opset=args.opset, overwrite=args.overwrite,
                                             target=args.target))
 
@@ -122,6 +142,8 @@ def _cmd_base(args: argparse.Namespace) -> int:
         return _genai(args, args.model, None)
     if args.quantize == "int4":
         raise ConfigError("--quantize int4 needs --runtime genai (block-wise 4-bit MatMulNBits from onnxruntime-genai's builder)")
+    if args.block_size is not None:
+        raise ConfigError("--block-size applies to --runtime genai")
     manifest = export_base(args.model, args.out, task_kind=args.task_kind, quantize=args.quantize, opset=args.opset,
                            overwrite=args.overwrite)
     return report(args.out, manifest)

@@ -187,6 +187,9 @@ def add_fused_parser(export_subparsers: Any) -> None:
     p.add_argument("--fuse", required=True, help="fusion folder written by `dynalora fuse train`")
     p.add_argument("--quantize", choices=("int8", "int4"), default=None,
                    help="causal-LM fusions: block-wise weight-only quantisation of the decoder (adapters stay fp32)")
+    from dynalora.export.cli import add_block_size_flag
+
+    add_block_size_flag(p)
     add_output_flags(p, opset_default="18")
     add_target_flag(p)
     p.set_defaults(func=_cmd_fused)
@@ -215,11 +218,13 @@ def _cmd_fused(args: argparse.Namespace) -> int:
         for flag, value in (("--target", args.target), ("--opset", args.opset)):
             if value is not None:
                 raise ConfigError(f"{flag} does not apply to a causal-LM fusion (the genai builder decides the graph)")
-        manifest = export_genai_fused(args.fuse, args.out, quantize=args.quantize, overwrite=args.overwrite)
+        manifest = export_genai_fused(args.fuse, args.out, quantize=args.quantize, overwrite=args.overwrite,
+                                      block_size=args.block_size)
         return report(args.out, manifest, what=f"routed decoder ({len(manifest['fusion']['tasks'])} tasks, "
                                                f"{manifest['precision']})")
-    if args.quantize is not None:
-        raise ConfigError("--quantize on `export fused` applies to causal-LM fusions (classifier fusions export fp32)")
+    if args.quantize is not None or args.block_size is not None:
+        raise ConfigError("--quantize / --block-size on `export fused` apply to causal-LM fusions (classifier fusions "
+                          "export fp32)")
     out = export_fused(args.fuse, args.out, opset=args.opset, overwrite=args.overwrite, target=args.target)
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     return report(out, manifest, what=f"fused graph ({len(manifest['fusion']['tasks'])} tasks)")

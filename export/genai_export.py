@@ -44,9 +44,10 @@ _PROBES = ("The movie was good, and the story was even better.", "  Two  spaces,
 
 
 def export_genai(source: str, out: str | os.PathLike[str], *, quantize: str | None = None, overwrite: bool = False,
-                 run_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                 run_dir: str | os.PathLike[str] | None = None, block_size: int | None = None) -> dict[str, Any]:
     """A genai + dynalora folder for a base causal LM (`source`: built-in name / folder) or, with `run_dir`, for a
-    causal-LM run merged into its base. Returns the manifest written."""
+    causal-LM run merged into its base. block_size: weights per int8 / int4 block (the builder's default, 32,
+    when None). Returns the manifest written."""
     if quantize not in PRECISION_OF:
         raise ExportError(f"--runtime genai supports fp32 (default), --quantize int8 and --quantize int4; got {quantize!r}")
     precision = PRECISION_OF[quantize]
@@ -54,8 +55,9 @@ def export_genai(source: str, out: str | os.PathLike[str], *, quantize: str | No
     from dynalora.export.genai import _require_genai
 
     _require_genai()
+    extra = builder_options(precision, block_size)
     if run_dir is not None:
-        return _export_run(Path(run_dir), out, precision, overwrite)
+        return _export_run(Path(run_dir), out, precision, overwrite, extra)
     from dynalora.core.models import resolve_model_path
     from dynalora.errors import DynaloraError
 
@@ -65,10 +67,24 @@ def export_genai(source: str, out: str | os.PathLike[str], *, quantize: str | No
         raise ExportError(str(exc)) from None
     if not path.is_dir():
         raise ExportError(f"--runtime genai builds from a local model folder; {source} is not one")
-    return _write(path, out, precision, overwrite, kind="base", run=None, merged=None)
+    return _write(path, out, precision, overwrite, kind="base", run=None, merged=None, extra=extra)
 
 
-def _export_run(run_dir: Path, out: Path, precision: str, overwrite: bool) -> dict[str, Any]:
+BLOCK_SIZES = (16, 32, 64, 128)
+
+
+def builder_options(precision: str, block_size: int | None) -> dict[str, str]:
+    """The genai builder's extra options for a precision and an optional quantisation block size."""
+    if block_size is None:
+        return {}
+    if precision == "fp32":
+        raise ExportError("a quantisation block size applies to int8 / int4 exports only")
+    if block_size not in BLOCK_SIZES:
+        raise ExportError(f"block size {block_size} is not one of {', '.join(map(str, BLOCK_SIZES))}")
+    return {"block_size": str(block_size)}
+
+
+def _export_run(run_dir: Path, out: Path, precision: str, overwrite: bool, extra: dict[str, str]) -> dict[str, Any]:
     from dynalora.export.common import load_run_checked
     from dynalora.export.merge import merged_model
 
@@ -80,16 +96,17 @@ def _export_run(run_dir: Path, out: Path, precision: str, overwrite: bool) -> di
     with tempfile.TemporaryDirectory(prefix="dynalora-genai-") as tmpdir:
         merged.save_pretrained(tmpdir, safe_serialization=True)
         run.tokenizer.save_pretrained(tmpdir)
-        return _write(Path(tmpdir), out, precision, overwrite, kind="merged", run=run, merged=merged)
+        return _write(Path(tmpdir), out, precision, overwrite, kind="merged", run=run, merged=merged, extra=extra)
 
 
-def _write(hf_dir: Path, out: Path, precision: str, overwrite: bool, *, kind: str, run: Any, merged: Any) -> dict[str, Any]:
+def _write(hf_dir: Path, out: Path, precision: str, overwrite: bool, *, kind: str, run: Any, merged: Any,
+           extra: dict[str, str]) -> dict[str, Any]:
     from dynalora.export.genai import MANIFEST, build_genai_folder, tokenizer_status
 
     config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
     with OutLock(out, "export"), atomic_dir(out, overwrite=overwrite) as tmp:
         build = tmp / ".genai-build"
-        info = build_genai_folder(hf_dir, build, precision)
+        info = build_genai_folder(hf_dir, build, precision, extra_options=extra)
         for item in build.iterdir():
             shutil.move(str(item), str(tmp / item.name))
         build.rmdir()
@@ -127,7 +144,8 @@ def _write(hf_dir: Path, out: Path, precision: str, overwrite: bool, *, kind: st
 
 
 def export_genai_adapters(run_dirs: list[str | os.PathLike[str]], out: str | os.PathLike[str], *,
-                          quantize: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+                          quantize: str | None = None, overwrite: bool = False,
+                          block_size: int | None = None) -> dict[str, Any]:
     """`export adapters --runtime genai`: causal-LM runs of one base model -> one genai base decoder whose LoRA
     weights are graph inputs + adapters/NAME.onnx_adapter per run (export/genai.py `build_genai_adapters`;
     variable ranks zero-padded to one shape per layer). og.Adapters / set_active_adapter and dynalora's
@@ -141,6 +159,7 @@ def export_genai_adapters(run_dirs: list[str | os.PathLike[str]], out: str | os.
     if quantize not in PRECISION_OF:
         raise ExportError(f"--runtime genai supports fp32 (default), --quantize int8 and --quantize int4; got {quantize!r}")
     precision = PRECISION_OF[quantize]
+    extra = builder_options(precision, block_size)
     if not run_dirs:
         raise ExportError("--runs needs at least one run folder")
     out = refuse_existing(out, overwrite)
@@ -160,7 +179,7 @@ def export_genai_adapters(run_dirs: list[str | os.PathLike[str]], out: str | os.
     with OutLock(out, "export"), atomic_dir(out, overwrite=overwrite) as tmp:
         build = tmp / ".genai-build"
         info = build_genai_adapters(hf_dir, {n: r.path / "adapter" for n, r in zip(names, runs, strict=True)}, build,
-                                    precision)
+                                    precision, extra_options=extra)
         for item in build.iterdir():
             shutil.move(str(item), str(tmp / item.name))
         build.rmdir()

@@ -378,11 +378,11 @@ def verify_generation(fusion: Any, folder: Path, examples: list[tuple[int, Any, 
 # ---- the export ---------------------------------------------------------------------------------------------
 
 def export_genai_fused(fuse_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, quantize: str | None = None,
-                       overwrite: bool = False) -> dict[str, Any]:
+                       overwrite: bool = False, block_size: int | None = None) -> dict[str, Any]:
     """Export a causal-LM fusion folder as router.onnx + a fused genai decoder; returns the manifest written."""
     from dynalora.export.common import refuse_existing
     from dynalora.export.genai import _require_genai
-    from dynalora.export.genai_export import PRECISION_OF
+    from dynalora.export.genai_export import PRECISION_OF, builder_options
     from dynalora.fusion.train import load_fusion
 
     if quantize not in PRECISION_OF:
@@ -393,10 +393,12 @@ def export_genai_fused(fuse_dir: str | os.PathLike[str], out: str | os.PathLike[
         fusion = load_fusion(fuse_dir)
     except DynaloraError as exc:
         raise ExportError(f"cannot load fusion {fuse_dir}: {exc}") from None
-    return export_loaded_fusion(fusion, out, PRECISION_OF[quantize], overwrite=overwrite)
+    precision = PRECISION_OF[quantize]
+    return export_loaded_fusion(fusion, out, precision, overwrite=overwrite, extra=builder_options(precision, block_size))
 
 
-def export_loaded_fusion(fusion: Any, out: Path, precision: str, *, overwrite: bool = False) -> dict[str, Any]:
+def export_loaded_fusion(fusion: Any, out: Path, precision: str, *, overwrite: bool = False,
+                         extra: dict[str, str] | None = None) -> dict[str, Any]:
     """The export of an already loaded fusion (`LoadedFusion`: .model, .tokenizer, .specs, .config, .path,
     .max_length); benchmarks/edge_llm.py builds K = 8 from repeated adapters this way."""
     from dynalora.core.models import resolve_model_path
@@ -419,7 +421,7 @@ def export_loaded_fusion(fusion: Any, out: Path, precision: str, *, overwrite: b
             tempfile.TemporaryDirectory(prefix="dynalora-fused-") as work:
         template = Path(work) / "template"
         write_zero_template(hf_dir, {m: a.shape[1] for m, (a, _, _) in stacked.items()}, template)
-        extra = {"adapter_path": str(template)}
+        extra = {**(extra or {}), "adapter_path": str(template)}
         if precision != "fp32":  # A / B must stay float constants: keep them out of MatMulNBits
             extra["nodes_to_exclude"] = ",".join(_lora_node(m, w) for m in sorted(stacked) for w in "AB")
         _run_builder(hf_dir, tmp, precision, extra, None)

@@ -151,8 +151,10 @@ def test_refusals_are_one_line(exported: Path, fuse_dir: Path, tmp_path: Path,
     capsys.readouterr()
     assert main(["export", "fused", "--fuse", str(fuse_dir), "--target", "android", "--out", str(tmp_path / "a")]) == 2
     assert main(["export", "fused", "--fuse", str(fuse_dir), "--out", str(exported)]) == 2  # exists, no --overwrite
+    assert main(["export", "fused", "--fuse", str(fuse_dir), "--block-size", "16", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "--target does not apply" in err[0] and "exists" in err[1]
+    assert len(err) == 3 and "--target does not apply" in err[0] and "exists" in err[1]
+    assert "int8 / int4 exports only" in err[2] and not (tmp_path / "b").exists()
     assert not (tmp_path / "a").exists()
     copy = tmp_path / "copy"
     import shutil
@@ -170,9 +172,9 @@ def test_int4_decoder_keeps_adapters_in_float(fuse_dir: Path, tmp_path: Path) ->
     from dynalora.export.genai import describe_graph
     from dynalora.export.genai_fused import export_genai_fused
 
-    manifest = export_genai_fused(fuse_dir, tmp_path / "int4", quantize="int4")
+    manifest = export_genai_fused(fuse_dir, tmp_path / "int4", quantize="int4", block_size=16)
     graph = describe_graph(tmp_path / "int4")
-    assert graph["matmul_nbits"] == [{"bits": 4, "block_size": 32, "accuracy_level": 4}]
+    assert graph["matmul_nbits"] == [{"bits": 4, "block_size": 16, "accuracy_level": 4}]  # --block-size 16
     import onnx
 
     nodes = onnx.load(str(tmp_path / "int4" / "model.onnx"), load_external_data=False).graph.node
