@@ -167,7 +167,9 @@ class TrainConfig:
     epochs: float = field(default=1.0, metadata={"help": "passes over the training split"})
     batch_size: int = field(default=16, metadata={"help": "global examples per optimizer step"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW); see the README on how it was chosen"})
+    lr: float | None = field(default=None, metadata={"help": "peak learning rate (AdamW); default 3e-3 for an encoder with "
+                                                             "the default query/value targets, else 1e-3 (README: how "
+                                                             "they were chosen)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     warmup_ratio: float = field(default=0.06, metadata={"help": "linear LR warm-up share of steps"})
     max_length: int = field(default=64, metadata={"help": "tokens per example (truncation)"})
@@ -230,7 +232,7 @@ class TrainConfig:
             raise ConfigError(
                 f"--batch-size {self.batch_size} must be a multiple of --grad-accum {self.grad_accum}"
             )
-        if self.lr <= 0:
+        if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")

@@ -154,6 +154,7 @@ def finish_run(
             "n_train": len(data.train),
             "n_eval": len(data.eval),
             "steps": steps,
+            "peak_lr": _peak_lr(cfg, model),
             "world_size": world,
             "final_ranks": controller.ranks(),
             "metrics": metrics,
@@ -166,3 +167,9 @@ def finish_run(
         allocation_heatmap(out / "allocation.jsonl", out / "allocation.png")
     except ImportError:  # matplotlib missing: the run is still complete
         pass
+
+
+def _peak_lr(cfg: TrainConfig, model: nn.Module) -> float:
+    from dynalora.core.build import default_lr  # build imports the layers; run folders need only this rule
+
+    return default_lr(cfg, str(getattr(model.config, "model_type", "")))

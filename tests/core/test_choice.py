@@ -223,12 +223,12 @@ def test_choice_fusion_export_and_multitask(tiny_dirs: dict[str, Path], choice_f
         assert {"router", "fused", "oracle", "base", "multitask"} <= set(result[task]) and result[task]["n"] == 24
         # the oracle column is the run's own adapter on the run's own evaluation split
         assert result[task]["oracle"] == pytest.approx(json.loads((tmp_path / task / "run.json").read_text())["metrics"]["accuracy"])
-    # exports: merged -> a causal-LM ONNX export; adapters and fused refuse with a pointer
+    # exports: merged -> a causal-LM ONNX export; adapters (ORT runtime) and export_fused() refuse with a pointer
     manifest = export_merged(runs[0], tmp_path / "exp")
     assert manifest["kind"] == "merged" and manifest["task"]["problem"] == "causal-lm"
     assert manifest["source_task"]["problem"] == MULTIPLE_CHOICE
     with pytest.raises(ExportError, match="export merged"):
         export_adapters([runs[0], runs[1]], tmp_path / "exp2")
-    with pytest.raises(ExportError, match="classifier fusions only"):
+    with pytest.raises(ExportError, match="export it with `dynalora export fused"):  # genai_fused.py's path
         export_fused(fuse, tmp_path / "exp3")
     assert not (tmp_path / "exp2").exists() and not (tmp_path / "exp3").exists()
