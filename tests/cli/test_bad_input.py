@@ -220,7 +220,7 @@ def test_glue_and_bigbench_files_not_utf8(tmp_path) -> None:
         (b"lora: {rank: two}\n", "option 'lora.rank' (--rank) must be an integer, got 'two' (str)"),
         (b"lora: [1, 2]\n", "option 'lora' must be a mapping of lora options"),
         (b"dynamic: 3\n", "option 'dynamic' must be a mapping of dynamic options"),
-        (b"lr: [1]\n", "option 'lr' (--lr) must be a number, got [1] (list)"),
+        (b"lr: [1]\n", "option 'lr' (--lr) must be a number or null, got [1] (list)"),
         (b"progress: 'yes'\n", "option 'progress' (--progress) must be true or false, got 'yes' (str)"),
         (b"dynamic: {reallocate: 1}\n", "option 'dynamic.reallocate' (--reallocate) must be true or false, got 1 (int)"),
         (b"lora: {target_modules: query}\n", "(--target-modules) must be a list of strings or null"),
