@@ -62,12 +62,13 @@ import numpy as np
 
 from dynalora.atomic import atomic_dir
 from dynalora.core.outdir import OutLock
+from dynalora.edge_runtime.predictor import FUSION_INPUT
 from dynalora.errors import DynaloraError
 from dynalora.export.common import PARITY_ATOL_FP32, base_manifest, max_abs, opset_of, session, write_export_manifest
 from dynalora.export.errors import ExportError
 
 ROUTER_FILE = "router.onnx"
-WEIGHTS_INPUT = "fusion_weights"
+WEIGHTS_INPUT = FUSION_INPUT  # the decoder input the runtime feeds (edge_runtime/predictor.py)
 ROUTER_OUTPUTS = ("router_probs", "fusion_weights")
 VERIFY_PER_TASK = 2  # evaluation prompts per task decoded by both runtimes and PyTorch
 VERIFY_TOKENS = 12
