@@ -21,11 +21,11 @@ class _Recorder(LocalCollective):
         self.reduced += 1
 
 
-def _train(arch: str, dyn: DynamicConfig, steps: int = 40, seed: int = 0):
+def _train(arch: str, dyn: DynamicConfig, steps: int = 40, seed: int = 0, lora: LoRAConfig | None = None):
     torch.manual_seed(seed)
     model = tiny_model(arch, seed=seed)
-    layers, ctx = inject_adapters(model, targets=None, capacity=8, rank=4, scaling=2.0)
-    lora = LoRAConfig(rank=4, max_rank=8)
+    lora = lora or LoRAConfig(rank=4, max_rank=8)
+    layers, ctx = inject_adapters(model, targets=None, capacity=lora.resolved_max_rank(True), rank=4, scaling=2.0)
     ctrl = RankController(layers, ctx, lora, dyn, steps, seed=seed)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
     g = torch.Generator().manual_seed(seed)
@@ -57,7 +57,7 @@ def _train(arch: str, dyn: DynamicConfig, steps: int = 40, seed: int = 0):
 @pytest.mark.parametrize("arch", ["bert", "llama", "gpt2"])
 def test_reallocation_conserves_budget_and_leaves_outputs_unchanged(arch: str) -> None:
     _, layers, ctrl, events, jumps, coll = _train(arch, DynamicConfig())
-    lora_min = LoRAConfig().min_rank  # the default floor (0: a layer may be switched off, and still exactly)
+    lora_min = LoRAConfig().min_rank  # the default floor
     assert events, "the schedule must produce reallocations in a 40-step run"
     assert coll.reduced == len(events)  # exactly one reduce per reallocation
     budget = 4 * len(layers)
@@ -68,6 +68,22 @@ def test_reallocation_conserves_budget_and_leaves_outputs_unchanged(arch: str) -
         moved = moved or len(set(ev["ranks"].values())) > 1
     assert moved, "ranks never moved between layers"
     assert max(jumps) == 0.0  # grow (zero B column) and prune (gate fades later) are exact at the step
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_rank_zero_switches_layers_off_exactly(arch: str) -> None:
+    """--min-rank 0 --max-rank 4R (the study's rank-0 variant): layers may be switched off and others grow to 4R;
+    the budget is conserved and no reallocation changes the outputs at the step it happens."""
+    lora = LoRAConfig(rank=4, min_rank=0, max_rank=16)
+    _, layers, _, events, jumps, _ = _train(arch, DynamicConfig(input_adaptive="off"), lora=lora)
+    budget = 4 * len(layers)
+    assert events and all(sum(ev["ranks"].values()) == budget for ev in events)
+    assert all(0 <= r <= 16 for ev in events for r in ev["ranks"].values())
+    final = events[-1]["ranks"]
+    assert min(final.values()) == 0, f"no layer was switched off: {final}"
+    assert max(final.values()) > 8, f"no layer grew past the default cap 2R: {final}"
+    assert max(jumps) == 0.0
+    assert sum(l.rank for l in layers.values()) == budget
 
 
 def test_static_mode_never_moves_and_skips_statistics() -> None:

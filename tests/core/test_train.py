@@ -128,6 +128,28 @@ def test_peft_round_trip_gives_the_same_logits(arch, tiny_dirs, csv_data, tmp_pa
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
+def test_peft_round_trip_with_layers_switched_off(tiny_dirs, csv_data, tmp_path) -> None:
+    """--min-rank 0: a layer at rank 0 is left out of the PEFT adapter (not saved as r=0), and PEFT still gives the
+    same logits as dynalora."""
+    from peft import PeftModel
+
+    out = tmp_path / "r0"
+    cfg = _cfg(tiny_dirs["bert"], csv_data, out, dynamic=DynamicConfig(input_adaptive="off"))
+    cfg.lora = LoRAConfig(rank=4, min_rank=0, max_rank=16)
+    train(cfg)
+    dyn = json.loads((out / "adapter" / "dynalora.json").read_text())
+    off = [n for n, r in dyn["ranks"].items() if r == 0]
+    assert off, f"expected a switched-off layer: {dyn['ranks']}"
+    pcfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert not set(off) & set(pcfg["target_modules"]) and 0 not in pcfg["rank_pattern"].values()
+    run = load_run(out)
+    base = load_classifier(str(tiny_dirs["bert"]), 2, "classification", seed=123)
+    peft_model = PeftModel.from_pretrained(base, str(out / "adapter")).eval()
+    enc = run.tokenizer(["good movie", "bad bad film and a very long boring plot"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(run.model(**enc).logits, peft_model(**enc).logits, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["layer", "per-example", "off"])
 def test_load_run_restores_the_trained_model_exactly(mode, tiny_dirs, csv_data, tmp_path) -> None:
     holder = {}
