@@ -149,68 +149,29 @@ def _child_ours(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _child_genai(spec: dict[str, Any]) -> dict[str, Any]:
+    """The folder through onnxruntime-genai, with the engine `dynalora bench --genai` uses; plus adapter switches."""
     import numpy as np
-    import onnxruntime_genai as og
 
-    folder = Path(spec["folder"])
-    t0 = time.perf_counter()
-    config = og.Config(str(folder))
-    config.overlay(json.dumps({"model": {"decoder": {"session_options": {
-        "intra_op_num_threads": spec["threads"], "inter_op_num_threads": 1}}}}))
-    model = og.Model(config)
-    out: dict[str, Any] = {"load_s": time.perf_counter() - t0, "batches": {}}
+    from dynalora.edge_runtime.bench_worker import GenaiEngine
+
     adapters = spec.get("adapters")
-    bank = None
-    if adapters:
-        bank = og.Adapters(model)
-        bank.load(str(folder / "adapters" / f"{adapters[0]}.onnx_adapter"), adapters[0])
-    router = None
-    if (folder / "router.onnx").is_file():  # a fused folder: router.onnx through plain onnxruntime
-        import onnxruntime as ort
+    engine = GenaiEngine(Path(spec["folder"]), spec["threads"], adapters[0] if adapters else None)
+    out: dict[str, Any] = {"load_s": engine.load_s, "batches": {}}
+    prompt = np.asarray(spec["prompt"], dtype=np.int64)
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = spec["threads"]
-        router = ort.InferenceSession(str(folder / "router.onnx"), opts, providers=["CPUExecutionProvider"])
-        out["load_s"] = time.perf_counter() - t0
-    prompt = np.asarray(spec["prompt"], dtype=np.int32)
-    n = spec["new_tokens"]
-    length = len(prompt) + n
+    def generate(b: int) -> dict[str, Any]:
+        ids = np.tile(prompt, (b, 1))
+        r = engine.generate({"input_ids": ids, "attention_mask": np.ones_like(ids)}, spec["new_tokens"])
+        # in this report a fused folder's routing is part of its prefill (and of its time to first token)
+        return {**r, "prefill_s": r["route_s"] + r["prefill_s"], "tokens": r["decode_steps"] + 1}
 
-    def generate(b: int, adapter: str | None) -> dict[str, Any]:
-        t_params = time.perf_counter()
-        params = og.GeneratorParams(model)
-        params.set_search_options(do_sample=False, num_beams=1, batch_size=b, max_length=length, min_length=length)
-        gen = og.Generator(model, params)
-        if adapter is not None:
-            gen.set_active_adapter(bank, adapter)
-        t0 = time.perf_counter()
-        if router is not None:  # routing is part of the time to first token
-            ids = np.tile(prompt, (b, 1)).astype(np.int64)
-            gen.set_model_input("fusion_weights", router.run(["fusion_weights"], {
-                "input_ids": ids, "attention_mask": np.ones_like(ids)})[0])
-        gen.append_tokens(np.tile(prompt, (b, 1)))
-        t1 = time.perf_counter()
-        gen.generate_next_token()  # picks token 1 from the prefill logits (no forward)
-        t2 = time.perf_counter()
-        count = 1
-        while not gen.is_done():
-            gen.generate_next_token()  # one forward of the previous token + greedy pick
-            count += 1
-        t3 = time.perf_counter()
-        first = [int(t) for t in gen.get_sequence(0)][len(prompt):]
-        return {"prefill_s": t1 - t0, "ttft_s": t2 - t0, "decode_s": t3 - t2, "decode_steps": count - 1,
-                "tokens": count, "first_row": first, "setup_s": t0 - t_params}
-
-    active = adapters[0] if adapters else None
     for b in spec["batches"]:
-        generate(b, active)  # warm-up
-        out["batches"][str(b)] = generate(b, active)
+        generate(b)  # warm-up
+        out["batches"][str(b)] = generate(b)
     if adapters:
-        t0 = time.perf_counter()
-        bank.load(str(folder / "adapters" / f"{adapters[1]}.onnx_adapter"), adapters[1])
-        loaded = time.perf_counter() - t0
-        r = generate(1, adapters[1])  # a new generator with B active: setup_s includes set_active_adapter
-        again = generate(1, adapters[1])
+        loaded = engine.load_adapter(adapters[1])
+        r = generate(1)  # a new generator with B active: setup_s includes set_active_adapter
+        again = generate(1)
         out["switch"] = {"switch_s": loaded + r["setup_s"], "adapter_load_s": loaded, "activate_s": r["setup_s"],
                          "switch_again_s": again["setup_s"], "ttft_after_switch_s": r["ttft_s"],
                          "first_row_b": r["first_row"]}

@@ -195,11 +195,11 @@ class GenaiEngine:
         config.overlay(json.dumps({"model": {"decoder": {"session_options": {
             "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
         self.model = og.Model(config)
-        self.adapters = None
-        self.adapter = adapter
+        self.folder = folder
+        self.adapters: Any = None
+        self.adapter: str | None = None
         if adapter:
-            self.adapters = og.Adapters(self.model)
-            self.adapters.load(str(folder / "adapters" / f"{adapter}.onnx_adapter"), adapter)
+            self.load_adapter(adapter)
         self.router = None
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
         if manifest.get("router_graph"):
@@ -212,6 +212,15 @@ class GenaiEngine:
         self.load_s = time.perf_counter() - t0
         self.providers_used = ["onnxruntime-genai:cpu"]
         self.model_file = folder / "model.onnx"
+
+    def load_adapter(self, name: str) -> float:
+        """Load the folder's adapters/NAME.onnx_adapter and make it the one later generators use; seconds taken."""
+        t0 = time.perf_counter()
+        if self.adapters is None:
+            self.adapters = self.og.Adapters(self.model)
+        self.adapters.load(str(self.folder / "adapters" / f"{name}.onnx_adapter"), name)
+        self.adapter = name
+        return time.perf_counter() - t0
 
     def _generator(self, arrays: dict[str, np.ndarray], max_length: int) -> tuple[Any, np.ndarray, float]:
         ids = arrays["input_ids"].astype(np.int32)
@@ -241,7 +250,11 @@ class GenaiEngine:
 
         return run
 
-    def decode(self, arrays: dict[str, np.ndarray], new_tokens: int) -> tuple[float, float, int, float]:
+    def generate(self, arrays: dict[str, np.ndarray], new_tokens: int) -> dict[str, Any]:
+        """One greedy generation of exactly `new_tokens` tokens, timed by phase (seconds): setup (generator and
+        active adapter), route (router.onnx, fused folders), prefill, ttft (route + prefill + first pick), decode
+        (the forwards after the first token); plus the new tokens of row 0."""
+        t_setup = time.perf_counter()
         gen, ids, route_s = self._generator(arrays, int(arrays["input_ids"].shape[1]) + new_tokens)
         t0 = time.perf_counter()
         gen.append_tokens(ids)  # prefill
@@ -253,7 +266,13 @@ class GenaiEngine:
             gen.generate_next_token()  # one forward of the previous token + the greedy pick
             steps += 1
         t3 = time.perf_counter()
-        return t1 - t0, t3 - t2, steps, route_s + (t2 - t0)
+        return {"setup_s": t0 - t_setup - route_s, "route_s": route_s, "prefill_s": t1 - t0,
+                "ttft_s": route_s + (t2 - t0), "decode_s": t3 - t2, "decode_steps": steps,
+                "first_row": [int(t) for t in gen.get_sequence(0)][ids.shape[1]:]}
+
+    def decode(self, arrays: dict[str, np.ndarray], new_tokens: int) -> tuple[float, float, int, float]:
+        r = self.generate(arrays, new_tokens)
+        return r["prefill_s"], r["decode_s"], r["decode_steps"], r["ttft_s"]
 
     def sync(self) -> None:
         pass
