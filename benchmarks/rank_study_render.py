@@ -103,6 +103,24 @@ def targets_lines(report: dict[str, Any]) -> list[str]:
     return L + [""]
 
 
+def pooled_lines(report: dict[str, Any]) -> list[str]:
+    """Every projection at average rank <= 4, the cells taken together (more tasks x cells, a narrower interval)."""
+    from rank_study_stats import verdict
+
+    p = report["summary"].get("pooled_small_budgets") or {}
+    if not p.get("comparisons"):
+        return []
+    tasks = sorted({t for c in p["comparisons"].values() for t in c["per_task"]})
+    L = [f"## Pooled: every projection at average rank <= {p['max_budget']}", "",
+         "Per task, the mean over the pooled cells of its seed-paired difference; the interval is Student's t over "
+         "tasks. Static 2r is twice each cell's own rank.", "",
+         "| comparison | cells | " + " | ".join(tasks) + " | over tasks |", "|---" * (len(tasks) + 3) + "|"]
+    for label, c in p["comparisons"].items():
+        L.append(f"| {label} | {', '.join(c['cells'])} | " + " | ".join(_f(c["per_task"].get(t)) for t in tasks)
+                 + f" | **{verdict(c['mean'], *c['ci95'])}** |")
+    return L + [""]
+
+
 def _ablation_target_lines(b: str, v: dict[str, Any]) -> list[str]:
     """The same two targets for each ablation variant (a candidate default), with live parameters beside them."""
     L = []
@@ -160,7 +178,7 @@ def render_markdown(report: dict[str, Any]) -> str:
          f"peft {env.get('versions', {}).get('peft', '?')}; every run used 1 torch thread (2 runs in parallel).",
          "", f"Tasks: {', '.join(s['tasks'])}. Seeds: {s['seeds']}. Budgets (average rank): {s['budgets']}.",
          "", "Regenerate: see the docstring of benchmarks/rank_study.py (`--report-only` rebuilds this file from the cache).", ""]
-    L += targets_lines(report)
+    L += targets_lines(report) + pooled_lines(report)
     L += data_lines(report) + timing_lines(report)
     L += ["![Pareto: metric vs live trainable parameters](rank_study.png)", ""]
     for key in sorted(report["cells"]):

@@ -158,6 +158,38 @@ def summarize(cells: dict[str, dict[str, Any]], meta: dict[str, dict[str, Any]])
     return {"tasks": tasks, "seeds": seeds, "budgets": sorted(int(b) for b in per_budget), "per_budget": per_budget}
 
 
+POOLED_MAX_BUDGET = 4  # the issue's main target is about average rank <= 4
+POOLED_PAIRS = (("dynamic", "static"), ("dynamic", "static-2r"), ("dyn-sens", "static"), ("dyn-sens-r0", "static"),
+                ("dyn-sens-r0", "static-2r"), ("dyn-sens-prune", "static"), ("dyn-sens-r0", "dynamic"))
+
+
+def pooled_small_budgets(cells: dict[str, dict[str, Any]], meta: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Every projection at average rank <= 4, the cells taken together: per task, the mean over those cells of the
+    task's mean seed-paired difference; then Student's t over tasks (the unit stays the task, as in each cell).
+
+    A comparison pools the cells where both methods were run; a task enters it only if both methods have it
+    (>= 2 paired seeds) in every one of those cells. Static 2r means twice each cell's own rank."""
+    keys = sorted(k for k, m in meta.items() if m["budget"] <= POOLED_MAX_BUDGET and "dense" in m["targets"]
+                  and len(m["targets"]) > 2)
+    comps: dict[str, Any] = {}
+    for a, b in POOLED_PAIRS:
+        pooled = [k for k in keys if a in cells[k]["per_task"] and b in cells[k]["per_task"]]
+        per_task: dict[str, list[float]] = defaultdict(list)
+        for k in pooled:
+            pt = cells[k]["per_task"]
+            for t in set(pt[a]) & set(pt[b]):
+                d = paired_diffs(pt[a][t]["seeds"], pt[b][t]["seeds"])
+                if len(d) >= 2:
+                    per_task[t].append(statistics.fmean(d.values()))
+        used = {t: v for t, v in per_task.items() if len(v) == len(pooled)}
+        if len(used) < 2:
+            continue
+        m, lo, hi = mean_ci95([statistics.fmean(v) for v in used.values()])
+        comps[f"{a} - {b}"] = {"method": a, "against": b, "cells": pooled, "mean": m, "ci95": [lo, hi],
+                               "tasks": sorted(used), "per_task": {t: statistics.fmean(v) for t, v in sorted(used.items())}}
+    return {"cells": keys, "max_budget": POOLED_MAX_BUDGET, "comparisons": comps}
+
+
 def write(out: Path, cache: Path) -> dict[str, Any]:
     from dynalora.atomic import write_json, write_text
 
@@ -171,7 +203,7 @@ def write(out: Path, cache: Path) -> dict[str, Any]:
     extra = {name: json.loads((out / f"rank_study_{name}.json").read_text())
              for name in ("tasks", "timing") if (out / f"rank_study_{name}.json").is_file()}
     report = {"environment": _environment(), "n_cached_runs": len(records), "cells": cells, "cell_meta": meta,
-              "summary": summarize(cells, meta), **extra}
+              "summary": {**summarize(cells, meta), "pooled_small_budgets": pooled_small_budgets(cells, meta)}, **extra}
     write_json(out / "rank_study.json", report)
     write_text(out / "rank_study.md", render(report))
     _plot(report, out / "rank_study.png")

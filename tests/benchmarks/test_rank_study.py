@@ -142,3 +142,27 @@ def test_study_methods_do_not_follow_library_defaults(tmp_path: Path, monkeypatc
     assert before == after
     dyn = rank_study.run_config(cell, "dynamic", "t", "eval", 1e-3, 0, tmp_path, settings)
     assert dyn["dynamic"]["input_adaptive"] == "layer" and dyn["lora"]["min_rank"] == 1
+
+
+def test_pooled_small_budgets_averages_cells_within_each_task() -> None:
+    """Every projection at rank <= 4: per task, the mean over the cells of its paired difference, t over tasks;
+    a cell at rank 8 or on query/value only stays out, and a cell lacking one of the methods is skipped."""
+    def cell(diffs: dict[str, float], methods=("static", "dynamic")) -> dict:
+        per_task = {m: {t: {"seeds": {s: 70.0 + (d if m == "dynamic" else 0.0) + s for s in range(3)}}
+                        for t, d in diffs.items()} for m in methods}
+        return {"per_task": per_task, "tasks": sorted(diffs)}
+
+    allp = ["query", "key", "value", "dense"]
+    cells = {"r1-all-epochs": cell({"a": 1.0, "b": 3.0}), "r2-all-epochs": cell({"a": 3.0, "b": 5.0}),
+             "r4-all-epochs": cell({"a": 9.0, "b": 9.0}, methods=("static",)),  # no dynamic: skipped
+             "r8-all-epochs": cell({"a": 50.0, "b": 50.0}), "r2-qv-epochs": cell({"a": -50.0, "b": -50.0})}
+    meta = {"r1-all-epochs": {"budget": 1, "targets": allp}, "r2-all-epochs": {"budget": 2, "targets": allp},
+            "r4-all-epochs": {"budget": 4, "targets": allp}, "r8-all-epochs": {"budget": 8, "targets": allp},
+            "r2-qv-epochs": {"budget": 2, "targets": ["query", "value"]}}
+    p = report.pooled_small_budgets(cells, meta)
+    assert p["cells"] == ["r1-all-epochs", "r2-all-epochs", "r4-all-epochs"]
+    c = p["comparisons"]["dynamic - static"]
+    assert c["cells"] == ["r1-all-epochs", "r2-all-epochs"]
+    assert c["per_task"] == {"a": pytest.approx(2.0), "b": pytest.approx(4.0)} and c["mean"] == pytest.approx(3.0)
+    assert c["ci95"][0] == pytest.approx(3.0 - 12.706204736174698 * 1.0)  # t(1) over the two task means
+    assert "dyn-sens-r0 - static" not in p["comparisons"]
