@@ -76,19 +76,46 @@ class StatsBuffer:
                 g = torch.Generator().manual_seed(seed * 1_000_003 + in_f)
                 self.sketches[in_f] = (torch.randn(in_f, k, generator=g) / k**0.5).to(device)
 
+        # the last input observed and what it added: layers that read the same tensor (query / key / value, or
+        # gate / up) add the same statistics, computed once (see observe_input)
+        self._last: tuple[torch.Tensor, int, torch.Tensor | None, dict[str, torch.Tensor | float]] | None = None
+
     def zero_(self) -> None:
         self.flat.zero_()
+        self._last = None
+
+    def _same_input(self, x: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor | float] | None:
+        """What the last observed input added, if `x` is that same tensor (same storage, layout and version) under
+        the same mask. Holding the last tensor keeps its storage alive, so an address cannot be reused meanwhile."""
+        last = self._last
+        if last is None:
+            return None
+        px, version, pmask, added = last
+        if (x.data_ptr() == px.data_ptr() and x.shape == px.shape and x.stride() == px.stride()
+                and x.dtype == px.dtype and x._version == version and mask is pmask):
+            return added
+        return None
 
     # ---- observers (called from the training forward / after backward) --------------------
     @torch.no_grad()
     def observe_input(self, index: int, x: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         slots = self.layers[index]
+        added = self._same_input(x, attention_mask)
+        if added is None:
+            added = self._input_statistics(x, attention_mask)
+            self._last = (x, x._version, attention_mask, added)
+        for name, value in added.items():
+            getattr(slots, name).add_(value)
+
+    def _input_statistics(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> dict[str, torch.Tensor | float]:
+        """What one input adds to a layer's slots (slot name -> value)."""
+        added: dict[str, torch.Tensor | float] = {}
         if self.per_example and x.dim() >= 2:
             v = example_variance(x, attention_mask)
-            slots.v_sum.add_(v.sum().double())
-            slots.v_n.add_(v.numel())
+            added["v_sum"] = v.sum().double()
+            added["v_n"] = float(v.numel())
         if not self.collect_inputs:
-            return
+            return added
         # every `stat_stride`-th token of each example: the sample depends on the example alone, not on
         # the micro-batch it landed in or its padding, so 1 worker and N workers see the same tokens
         mask = attention_mask if (x.dim() == 3 and attention_mask is not None and attention_mask.shape == x.shape[:2]) else None
@@ -99,16 +126,17 @@ class StatsBuffer:
             rows, m = x.reshape(-1, x.shape[-1])[:: self.stat_stride], None
         rows = rows.reshape(-1, rows.shape[-1])
         if rows.shape[0] == 0:
-            return
+            return added
         z = rows.float() @ self.sketches[rows.shape[-1]]  # (n, k)
         if m is not None:
             mf = m.reshape(-1).to(z.dtype)
             z = z * mf.unsqueeze(1)  # padding tokens contribute nothing
-            slots.tokens.add_(mf.sum().double())
+            added["tokens"] = mf.sum().double()
         else:
-            slots.tokens.add_(z.shape[0])
-        slots.z_sum.add_(z.sum(0).double())
-        slots.z_sq.add_((z.T @ z).double())
+            added["tokens"] = float(z.shape[0])
+        added["z_sum"] = z.sum(0).double()
+        added["z_sq"] = (z.T @ z).double()
+        return added
 
     @torch.no_grad()
     def observe_gradients(self, index: int, a: torch.Tensor, b: torch.Tensor) -> None:
