@@ -41,7 +41,7 @@ def _brute_force(lm: torch.nn.Module, tok, spec: TaskSpec, example: Example) -> 
         ids = torch.tensor([prompt + opt])
         logp = F.log_softmax(lm(input_ids=ids).logits[0, :-1], -1)
         picked = logp[torch.arange(len(prompt) - 1, ids.shape[1] - 1), ids[0, len(prompt):]]
-        out.append(float(picked.mean()))
+        out.append(float(picked.mean().detach()))
     return out
 
 
