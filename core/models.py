@@ -19,6 +19,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,22 +192,37 @@ def load_saved_tokenizer(folder: str | os.PathLike[str]) -> PreTrainedTokenizerB
     return tokenizer
 
 
+# the task heads a sequence classifier / causal LM gets fresh when its checkpoint has none (top-level names)
+FRESH_HEAD_PREFIXES = ("classifier.", "pre_classifier.", "score.", "pooler.", "lm_head.")
+
+
 class _DropFreshHeadNotice(logging.Filter):
-    """Drops transformers' "Some weights of ... are newly initialized ... You should probably TRAIN this model"."""
+    """Drops transformers' "Some weights of ... are newly initialized: [...] You should probably TRAIN this model":
+    always when the caller restores the head right after, else only when every weight it lists is a task head
+    (a new head is what training starts from). A body weight missing from the checkpoint is still shown."""
+
+    def __init__(self, any_weights: bool) -> None:
+        super().__init__()
+        self.any_weights = any_weights
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "You should probably TRAIN this model" not in str(record.msg)
+        message = record.getMessage()
+        if "You should probably TRAIN this model" not in message:
+            return True
+        if self.any_weights:
+            return False
+        listed = message.split("newly initialized", 1)[-1].split("You should", 1)[0]
+        # "...: ['classifier.bias', ...]" or, for a head of another size, "- classifier.bias: found shape ..."
+        names = re.findall(r"'([^']+)'", listed) + re.findall(r"^- ([^:\s]+): found shape", listed, re.MULTILINE)
+        return not (names and all(n.startswith(FRESH_HEAD_PREFIXES) for n in names))
 
 
 @contextlib.contextmanager
-def _fresh_head_notice(shown: bool) -> Iterator[None]:
-    """Around one from_pretrained: hide the fresh-head notice when the caller restores the head right after
-    (load_run, fusion); transformers' other messages still show."""
-    if shown:
-        yield
-        return
+def _fresh_head_notice(head_restored: bool) -> Iterator[None]:
+    """Around one from_pretrained: hide the fresh-head notice (see _DropFreshHeadNotice); transformers' other
+    messages still show."""
     logger = logging.getLogger("transformers.modeling_utils")  # where from_pretrained logs the notice
-    notice = _DropFreshHeadNotice()
+    notice = _DropFreshHeadNotice(any_weights=head_restored)
     logger.addFilter(notice)
     try:
         yield
@@ -225,8 +241,9 @@ def load_classifier(
 ) -> torch.nn.Module:
     """A sequence classifier with a freshly initialised head; the head depends only on `seed`.
 
-    head_restored: the caller overwrites the head right after (a saved run's), so transformers' "newly
-    initialized ... TRAIN this model" notice is not shown."""
+    head_restored: the caller overwrites the head right after (a saved run's). transformers' "newly initialized ...
+    TRAIN this model" notice is not shown for a fresh head (training starts from one); it is shown when a body weight
+    is missing from the checkpoint, unless head_restored."""
     if problem not in ("classification", "regression"):
         raise ConfigError(f"problem must be 'classification' or 'regression', got {problem!r}")
     if problem == "regression" and spec_num_labels != 1:
@@ -237,7 +254,7 @@ def load_classifier(
     tokenizer = load_tokenizer(path)
     problem_type = "regression" if problem == "regression" else "single_label_classification"
     # fork_rng: seed the head init without changing the caller's global RNG stream.
-    with torch.random.fork_rng(devices=[]), _fresh_head_notice(shown=not head_restored):
+    with torch.random.fork_rng(devices=[]), _fresh_head_notice(head_restored):
         torch.manual_seed(seed)
         model = _pretrained(
             "load a sequence classifier",
@@ -273,7 +290,7 @@ def load_causal_lm(name_or_path: str, *, cache_dir: str | None = None, seed: int
         raise ConfigError(f"{name_or_path} is a {config.model_type} model, not a causal LM: generation and "
                           "multiple-choice scoring need one (e.g. --model smollm2-135m); an encoder needs a task with "
                           "fixed labels and --objective classifier")
-    with torch.random.fork_rng(devices=[]), _fresh_head_notice(shown=not head_restored):
+    with torch.random.fork_rng(devices=[]), _fresh_head_notice(head_restored):
         torch.manual_seed(seed)
         model = _pretrained("load a causal LM", AutoModelForCausalLM.from_pretrained, path, local_files_only=local,
                             dtype=torch.float32)

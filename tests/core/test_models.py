@@ -131,13 +131,20 @@ def test_load_saved_tokenizer(tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
 
 
-def test_fresh_head_notice_hidden_only_when_the_head_is_restored(tmp_path: Path, log_messages) -> None:
+def test_fresh_head_notice_hidden_unless_a_body_weight_is_missing(tmp_path: Path, log_messages) -> None:
+    from safetensors.torch import load_file, save_file
+
     folder = save_tiny_model("bert", tmp_path / "m")  # a 2-label head: 3 labels get a fresh one
     seen = log_messages("transformers.modeling_utils")
     load_classifier(str(folder), 3, "classification", head_restored=True)
+    load_classifier(str(folder), 3, "classification")  # a fresh head to train: expected, so not shown
     assert not any("TRAIN this model" in m for m in seen)
-    load_classifier(str(folder), 3, "classification")  # a fresh head to train: the notice is right here
-    assert any("TRAIN this model" in m for m in seen)
+    weights = Path(folder) / "model.safetensors"
+    state = load_file(str(weights))
+    body = next(k for k in state if "encoder.layer.0.attention.self.query.weight" in k)
+    save_file({k: v for k, v in state.items() if k != body}, str(weights), metadata={"format": "pt"})
+    load_classifier(str(folder), 3, "classification")  # a body weight is missing: a real problem, shown
+    assert [m for m in seen if "TRAIN this model" in m and "attention.self.query.weight" in m]
     assert not logging.getLogger("transformers.modeling_utils").filters  # the filter is gone after the load
 
 
