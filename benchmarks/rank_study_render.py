@@ -203,7 +203,9 @@ def plot_pareto(report: dict[str, Any], path: Path) -> None:
         cell = report["cells"][key]
         for m in _methods(cell):
             x, y = cell["live_params"][m], cell["mean_over_tasks"][m]
-            ax.scatter([x], [y], s=40, marker="s" if m.startswith("static") else ("^" if m.startswith("peft") else "o"))
+            color = f"C{ORDER.index(m) % 10}" if m in ORDER else "k"  # one colour per method in every panel
+            ax.scatter([x], [y], s=40, color=color,
+                       marker="s" if m.startswith("static") else ("^" if m.startswith("peft") else "o"))
             ax.annotate(m, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         if {"static", "static-2r"} <= set(cell["live_params"]):
             ax.plot([cell["live_params"]["static"], cell["live_params"]["static-2r"]],
