@@ -46,7 +46,7 @@ import rank_study_report  # noqa: E402
 STUDY_VERSION = 1
 HERE = Path(__file__).parent
 CACHE = HERE / "results" / "rank_study_runs"
-TARGETS = {"qv": ["query", "value"], "all": ["query", "key", "value", "dense"]}
+TARGETS = {"qv": ["query", "value"], "all": rank_study_report.ALL_PROJECTIONS}
 REGIMES = {"short": {"steps": 100}, "epochs": {"epochs": 3.0}}
 LR_GRID = {"ours": [3e-4, 1e-3, 3e-3], "peft-lora": [3e-4, 1e-3, 3e-3], "peft-adalora": [1e-3, 3e-3, 1e-2]}
 STATIC = {"reallocate": False, "input_adaptive": "off"}

@@ -15,6 +15,7 @@ from typing import Any
 from rank_study_stats import mean_ci95, over_tasks, paired_diffs
 
 BASELINE = "static"
+ALL_PROJECTIONS = ["query", "key", "value", "dense"]  # rank_study.TARGETS["all"]: every linear projection
 # (row label, method, against)
 COMPARISONS = (
     ("dynamic r - static r", "dynamic", "static"),
@@ -151,7 +152,7 @@ def summarize(cells: dict[str, dict[str, Any]], meta: dict[str, dict[str, Any]])
         entry["live_params"] = {m: cell["live_params"].get(m) for m in ("static", "static-2r", "dynamic")}
         per_budget.setdefault(b, {"cells": []})["cells"].append(entry)
     for b, v in per_budget.items():  # the headline of a budget: its first cell (all targets, epochs first)
-        head = sorted(v["cells"], key=lambda e: (e["targets"] != ["query", "key", "value", "dense"], e["regime"] != {"epochs": 3.0}))[0]
+        head = sorted(v["cells"], key=lambda e: (e["targets"] != ALL_PROJECTIONS, e["regime"] != {"epochs": 3.0}))[0]
         v.update({k: head[k] for k in head if k not in ("targets", "regime")})
     tasks = sorted({t for c in cells.values() for t in c["tasks"]})
     seeds = sorted({s for c in cells.values() for s in c["seeds"]})
@@ -169,8 +170,7 @@ def pooled_small_budgets(cells: dict[str, dict[str, Any]], meta: dict[str, dict[
 
     A comparison pools the cells where both methods were run; a task enters it only if both methods have it
     (>= 2 paired seeds) in every one of those cells. Static 2r means twice each cell's own rank."""
-    keys = sorted(k for k, m in meta.items() if m["budget"] <= POOLED_MAX_BUDGET and "dense" in m["targets"]
-                  and len(m["targets"]) > 2)
+    keys = sorted(k for k, m in meta.items() if m["budget"] <= POOLED_MAX_BUDGET and m["targets"] == ALL_PROJECTIONS)
     comps: dict[str, Any] = {}
     for a, b in POOLED_PAIRS:
         pooled = [k for k in keys if a in cells[k]["per_task"] and b in cells[k]["per_task"]]
