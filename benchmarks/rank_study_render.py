@@ -134,6 +134,10 @@ def _ablation_target_lines(b: str, v: dict[str, Any]) -> list[str]:
             lo2, hi2 = a.get("vs_static_2r_ci95") or [float("nan")] * 2
             line += (f"; vs static rank {2 * int(b)}: {_f(a['vs_static_2r_points'])} [{_f(lo2)}, {_f(hi2)}] "
                      f"({'>= static 2r: met' if a['vs_static_2r_points'] >= 0 else '>= static 2r: not met'})")
+        if a.get("vs_peft_adalora_points") is not None:
+            lo3, hi3 = a.get("vs_peft_adalora_ci95") or [float("nan")] * 2
+            line += (f"; vs PEFT AdaLoRA r: {_f(a['vs_peft_adalora_points'])} [{_f(lo3)}, {_f(hi3)}] "
+                     f"({'> AdaLoRA: met' if a['vs_peft_adalora_points'] > 0 else '> AdaLoRA: not met'})")
         if a.get("live_params") and params.get("static") and params.get("static-2r"):
             line += (f"; live parameters {a['live_params']:,} (static r {params['static']:,}, "
                      f"static 2r {params['static-2r']:,})")

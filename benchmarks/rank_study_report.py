@@ -101,6 +101,7 @@ def cell_tables(records: list[dict[str, Any]]) -> dict[str, Any]:
     comps = {}
     rows = list(COMPARISONS) + [(f"{m} - static r (ablation)", m, "static") for m in ABLATIONS if m in scores]
     rows += [(f"{m} r - static 2r (ablation)", m, "static-2r") for m in ABLATIONS if m in scores]
+    rows += [(f"{m} r - PEFT AdaLoRA r (ablation)", m, "peft-adalora") for m in ABLATIONS if m in scores]
     for label, a, b in rows:
         if a not in scores or b not in scores:
             continue
@@ -147,9 +148,11 @@ def summarize(cells: dict[str, dict[str, Any]], meta: dict[str, dict[str, Any]])
                                   "vs_static_r_ci95": c.get(f"{m} - static r (ablation)", {}).get("over_tasks", {}).get("ci95"),
                                   "vs_static_2r_points": c.get(f"{m} r - static 2r (ablation)", {}).get("over_tasks", {}).get("mean"),
                                   "vs_static_2r_ci95": c.get(f"{m} r - static 2r (ablation)", {}).get("over_tasks", {}).get("ci95"),
+                                  "vs_peft_adalora_points": c.get(f"{m} r - PEFT AdaLoRA r (ablation)", {}).get("over_tasks", {}).get("mean"),
+                                  "vs_peft_adalora_ci95": c.get(f"{m} r - PEFT AdaLoRA r (ablation)", {}).get("over_tasks", {}).get("ci95"),
                                   "live_params": cell["live_params"].get(m)}
                               for m in ABLATIONS if f"{m} - static r (ablation)" in c}
-        entry["live_params"] = {m: cell["live_params"].get(m) for m in ("static", "static-2r", "dynamic")}
+        entry["live_params"] = {m: cell["live_params"].get(m) for m in ("static", "static-2r", "dynamic", "peft-adalora", "peft-lora")}
         per_budget.setdefault(b, {"cells": []})["cells"].append(entry)
     for b, v in per_budget.items():  # the headline of a budget: its first cell (all targets, epochs first)
         head = sorted(v["cells"], key=lambda e: (e["targets"] != ALL_PROJECTIONS, e["regime"] != {"epochs": 3.0}))[0]
@@ -161,7 +164,9 @@ def summarize(cells: dict[str, dict[str, Any]], meta: dict[str, dict[str, Any]])
 
 POOLED_MAX_BUDGET = 4  # the main target is about average rank <= 4
 POOLED_PAIRS = (("dynamic", "static"), ("dynamic", "static-2r"), ("dyn-sens", "static"), ("dyn-sens-r0", "static"),
-                ("dyn-sens-r0", "static-2r"), ("dyn-sens-prune", "static"), ("dyn-sens-r0", "dynamic"))
+                ("dyn-sens-r0", "static-2r"), ("dyn-sens-prune", "static"), ("dyn-sens-r0", "dynamic"),
+                ("dynamic", "peft-adalora"), ("dyn-sens-r0", "peft-adalora"), ("dynamic", "peft-lora"),
+                ("dyn-sens-r0", "peft-lora"), ("peft-adalora", "static"))
 
 
 def pooled_small_budgets(cells: dict[str, dict[str, Any]], meta: dict[str, dict[str, Any]]) -> dict[str, Any]:

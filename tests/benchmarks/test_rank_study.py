@@ -166,3 +166,36 @@ def test_pooled_small_budgets_averages_cells_within_each_task() -> None:
     assert c["per_task"] == {"a": pytest.approx(2.0), "b": pytest.approx(4.0)} and c["mean"] == pytest.approx(3.0)
     assert c["ci95"][0] == pytest.approx(3.0 - 12.706204736174698 * 1.0)  # t(1) over the two task means
     assert "dyn-sens-r0 - static" not in p["comparisons"]
+
+
+def test_ablation_variants_are_compared_with_peft_adalora_in_cell_summary_and_pool() -> None:
+    """The issue's "dynamic > PEFT AdaLoRA at equal budget" is asked of each candidate default too: an ablation row
+    against PEFT AdaLoRA, its figure in the summary, and the pooled comparison over cells."""
+    recs = []
+    for m, bonus, src in (("static", 0.0, None), ("dynamic", 0.01, None), ("peft-adalora", 0.02, None),
+                          ("dyn-sens-r0", 0.05, "dynamic")):
+        recs.append(_rec(m, "t1", "val", 1e-3, 0, 0.8, 2))
+        for t, extra in (("t1", 0.0), ("t2", 0.02)):
+            for s in range(3):
+                recs.append(_rec(m, t, "eval", 1e-3, s, 0.7 + bonus + (extra if m == "dyn-sens-r0" else 0.0) + 0.01 * s,
+                                 2, src))
+    for r in recs:
+        if r["config"]["method"] == "peft-adalora":
+            r["config"]["kind"] = "peft-adalora"
+            del r["config"]["lora"], r["config"]["dynamic"], r["result"]["ranks"]
+    cell = report.cell_tables(recs)
+    row = cell["comparisons"]["dyn-sens-r0 r - PEFT AdaLoRA r (ablation)"]
+    assert row["per_task"]["t1"]["mean"] == pytest.approx(3.0) and row["per_task"]["t2"]["mean"] == pytest.approx(5.0)
+    assert cell["comparisons"]["dynamic r - PEFT AdaLoRA r"]["over_tasks"]["mean"] == pytest.approx(-1.0)
+    allp = ["query", "key", "value", "dense"]
+    meta = {"r2-all-epochs": {"budget": 2, "targets": allp, "regime": {"epochs": 3.0}}}
+    s = report.summarize({"r2-all-epochs": cell}, meta)["per_budget"]["2"]
+    assert s["dynamic_vs_peft_adalora_points"] == pytest.approx(-1.0)
+    assert s["ablations"]["dyn-sens-r0"]["vs_peft_adalora_points"] == pytest.approx(4.0)
+    assert s["live_params"]["peft-adalora"] == 2000
+    pooled = report.pooled_small_budgets({"r2-all-epochs": cell}, meta)["comparisons"]
+    assert pooled["dyn-sens-r0 - peft-adalora"]["per_task"] == {"t1": pytest.approx(3.0), "t2": pytest.approx(5.0)}
+    assert pooled["dynamic - peft-adalora"]["mean"] == pytest.approx(-1.0)
+    lines = "\n".join(__import__("rank_study_render").targets_lines({"summary": {"per_budget": {"2": s}}}))
+    assert "vs PEFT AdaLoRA r: +4.00" in lines and "> AdaLoRA: met" in lines
+    assert "dynamic vs PEFT AdaLoRA at equal budget: -1.00" in lines and "(not met)" in lines
