@@ -18,7 +18,8 @@ Design
   evaluation code, with PEFT's own layers.
 - Learning rates: each baseline (static r, static 2r, the default dynamic, PEFT LoRA, PEFT AdaLoRA) is swept
   per cell on the sweep tasks' validation files (carved from the training split; seed 0); the best mean
-  validation score wins. Ablation variants of dynamic use the default dynamic's learning rate.
+  validation score wins. A best rate at the edge of the grid extends the sweep one step beyond it (1-3-10
+  series), up to MAX_EDGE_STEPS times. Ablation variants of dynamic use the default dynamic's learning rate.
 - Reported figures come only from the evaluation files, seeds 0..S-1; differences are seed-paired.
 - Live trainable parameters: the tensors that remain in the saved adapter (live rank components and the task
   head); for AdaLoRA, the unmasked singular triplets.
@@ -38,7 +39,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).parent))
 import rank_study_report  # noqa: E402
@@ -49,6 +50,7 @@ CACHE = HERE / "results" / "rank_study_runs"
 TARGETS = {"qv": ["query", "value"], "all": rank_study_report.ALL_PROJECTIONS}
 REGIMES = {"short": {"steps": 100}, "epochs": {"epochs": 3.0}}
 LR_GRID = {"ours": [3e-4, 1e-3, 3e-3], "peft-lora": [3e-4, 1e-3, 3e-3], "peft-adalora": [1e-3, 3e-3, 1e-2]}
+MAX_EDGE_STEPS = 2  # a best rate at the edge of the tried rates extends them by one step, at most this often
 STATIC = {"reallocate": False, "input_adaptive": "off"}
 # Every method is these settings plus its own overrides, written out rather than taken from today's
 # LoRAConfig / DynamicConfig defaults: a change of the library's defaults (issue #11 item 3) must not change
@@ -286,12 +288,42 @@ def run_all(configs: list[dict[str, Any]], data: Path, jobs: int, label: str) ->
     return [r for r in (cached(c) for c in configs) if r is not None]
 
 
-def sweep_configs(cell: Cell, methods: list[str], tasks: list[str], data: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
+def sweep_configs(cell: Cell, methods: list[str], tasks: list[str], data: Path, settings: dict[str, Any],
+                  lrs: list[float] | None = None) -> list[dict[str, Any]]:
     out = []
     for method in methods:
-        for lr in LR_GRID[METHODS[method]["kind"]]:
+        for lr in lrs or LR_GRID[METHODS[method]["kind"]]:
             out += [run_config(cell, method, t, "val", lr, 0, data, settings) for t in tasks]
     return out
+
+
+def lr_step(lr: float, up: bool) -> float:
+    """The neighbour of `lr` in the 1-3-10 series of the grids (1e-3 <-> 3e-3 <-> 1e-2)."""
+    ones = f"{lr:.0e}".startswith("1")
+    return float(f"{lr * ((3 if ones else 10 / 3) if up else (1 / (10 / 3) if ones else 1 / 3)):.0e}")
+
+
+Runner = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+
+
+def swept_records(cell: Cell, method: str, tasks: list[str], data: Path, settings: dict[str, Any],
+                  runner: Runner) -> list[dict[str, Any]]:
+    """A method's sweep records: its grid, then one step beyond whichever edge of the tried rates is best, until
+    the best is inside them (at most MAX_EDGE_STEPS steps), so that "each at its own best learning rate" does
+    not stop at the grid. `runner` runs (or only looks up) configurations and returns the records it has."""
+    recs = runner(sweep_configs(cell, [method], tasks, data, settings))
+    for _ in range(MAX_EDGE_STEPS):
+        if not recs:
+            break
+        tried = sorted({r["config"]["lr"] for r in recs})
+        best = rank_study_report.best_lrs(recs)[method]
+        if tried[0] < best < tried[-1]:
+            break
+        new = runner(sweep_configs(cell, [method], tasks, data, settings, [lr_step(best, up=best == tried[-1])]))
+        if not new:
+            break
+        recs += new
+    return recs
 
 
 def record_tasks(out: Path, data: Path, tasks: list[str]) -> None:
@@ -305,9 +337,20 @@ def record_tasks(out: Path, data: Path, tasks: list[str]) -> None:
     write_json(path, known)
 
 
+def _cached_only(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in (cached(c) for c in configs) if r is not None]
+
+
+def _sweep_runner(cell: Cell, method: str, data: Path, jobs: int) -> Runner:
+    def run(cfgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        rates = ", ".join(f"{lr:g}" for lr in sorted({c["lr"] for c in cfgs}))
+        return run_all(cfgs, data, jobs, f"{cell.key} LR sweep {method} at {rates}")
+    return run
+
+
 def all_sweeps(cell: Cell, tasks: list[str], data: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
     """Every cached sweep run of this cell (the learning rates of methods swept in earlier tiers)."""
-    return [r for r in (cached(c) for c in sweep_configs(cell, list(SWEPT), tasks, data, settings)) if r is not None]
+    return [r for m in SWEPT for r in swept_records(cell, m, tasks, data, settings, _cached_only)]
 
 
 def main() -> int:
@@ -343,8 +386,8 @@ def main() -> int:
     for cell in cells:
         for tier in tiers:  # each tier: its learning-rate sweep, then its evaluation runs (seed-major)
             swept = [m for m in tier if "lr_from" not in METHODS[m]]
-            sweep = run_all(sweep_configs(cell, swept, args.sweep_tasks.split(","), data, settings), data, args.jobs,
-                            f"{cell.key} LR sweep {','.join(swept)}")
+            sweep = [r for m in swept for r in swept_records(cell, m, args.sweep_tasks.split(","), data, settings,
+                                                             _sweep_runner(cell, m, data, args.jobs))]
             lrs = rank_study_report.best_lrs(all_sweeps(cell, args.sweep_tasks.split(","), data, settings) or sweep)
             print(f"{cell.key} learning rates: {lrs}", flush=True)
             main_cfgs = [run_config(cell, m, t, "eval", lrs[METHODS[m].get("lr_from") or m], s, data, settings)

@@ -199,3 +199,33 @@ def test_ablation_variants_are_compared_with_peft_adalora_in_cell_summary_and_po
     lines = "\n".join(__import__("rank_study_render").targets_lines({"summary": {"per_budget": {"2": s}}}))
     assert "vs PEFT AdaLoRA r: +4.00" in lines and "> AdaLoRA: met" in lines
     assert "dynamic vs PEFT AdaLoRA at equal budget: -1.00" in lines and "(not met)" in lines
+
+
+def test_lr_sweep_extends_past_an_edge_until_the_best_is_inside(tmp_path: Path) -> None:
+    """A best rate at the top of the grid sweeps the next one up (1-3-10 series), and again while it stays at the
+    edge, at most MAX_EDGE_STEPS times; a best rate inside the grid runs nothing more."""
+    data = tmp_path / "data"
+    (data / "t1").mkdir(parents=True)
+    for name in ("train.jsonl", "val.jsonl", "eval.jsonl"):
+        (data / "t1" / name).write_text("{}\n")
+    cell = rank_study.Cell(2, "all", "epochs")
+    settings = {"model": "minilm", "batch": 16, "max_length": 64}
+
+    def fake(peak: float):
+        asked: list[float] = []
+
+        def runner(cfgs):
+            asked.extend(c["lr"] for c in cfgs)
+            return [{"config": c, "result": {"metrics": {"accuracy": 1.0 - abs(math.log10(c["lr"] / peak))}}} for c in cfgs]
+        return runner, asked
+
+    runner, asked = fake(3e-2)  # best beyond the top: 1e-2 is the edge, 3e-2 is tried, then 1e-1 shows it is the peak
+    recs = rank_study.swept_records(cell, "peft-adalora", ["t1"], data, settings, runner)
+    assert asked == [1e-3, 3e-3, 1e-2, 3e-2, 1e-1] and report.best_lrs(recs)["peft-adalora"] == 3e-2
+    runner, asked = fake(1e-3)  # inside the grid: nothing more
+    rank_study.swept_records(cell, "static", ["t1"], data, settings, runner)
+    assert asked == [3e-4, 1e-3, 3e-3]
+    runner, asked = fake(1e-6)  # far below: two steps down, then it stops
+    rank_study.swept_records(cell, "static", ["t1"], data, settings, runner)
+    assert asked == [3e-4, 1e-3, 3e-3, 1e-4, 3e-5] and rank_study.MAX_EDGE_STEPS == 2
+    assert rank_study.lr_step(3e-3, up=True) == 1e-2 and rank_study.lr_step(1e-3, up=False) == 3e-4
