@@ -73,6 +73,9 @@ def _cell_md(key: str, cell: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         for lr in sorted({s["lr"] for s in cell["sweep"] if s["method"] == m}):
             vals = {s["task"]: s["val"] for s in cell["sweep"] if s["method"] == m and s["lr"] == lr}
             L.append(f"| {m} | {lr:g} | " + " | ".join(f"{vals[t]:.2f}" if t in vals else "" for t in sweep_tasks) + " |")
+    if cell.get("lr_at_edge"):
+        L += ["", "Chosen at the edge of the rates tried (a better rate may lie beyond): "
+              + ", ".join(f"{m} {lr:g}" for m, lr in cell["lr_at_edge"].items()) + "."]
     return L + [""]
 
 

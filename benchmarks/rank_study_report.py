@@ -113,8 +113,11 @@ def cell_tables(records: list[dict[str, Any]]) -> dict[str, Any]:
     sweep = [{"method": r["config"]["method"], "task": r["config"]["task"], "lr": r["config"]["lr"], "val": score(r)}
              for r in records if r["config"]["split"] == "val"]
     mechanism = {r["config"]["method"]: describe(r["config"]) for r in evals}
+    tried = {m: sorted({s["lr"] for s in sweep if s["method"] == m}) for m in lrs}
+    # a chosen rate at the edge of the rates tried may not be the method's best (rank_study.py extends such sweeps)
+    lr_at_edge = {m: lr for m, lr in lrs.items() if len(tried[m]) > 1 and lr in (tried[m][0], tried[m][-1])}
     common = [t for t in tasks if all(t in tm for tm in per_task.values())]  # means compare like with like
-    return {"lrs": chosen, "sweep": sweep, "mechanism": mechanism, "tasks": tasks, "per_task": per_task, "comparisons": comps,
+    return {"lrs": chosen, "sweep": sweep, "lr_at_edge": lr_at_edge, "mechanism": mechanism, "tasks": tasks, "per_task": per_task, "comparisons": comps,
             "live_params": {m: round(statistics.fmean([p for t, p in v if t in common] or [p for _, p in v]))
                             for m, v in params.items()},
             "common_tasks": common,

@@ -61,6 +61,7 @@ def test_cell_tables_summary_and_files(tmp_path: Path) -> None:
                 recs.append(_rec(m, t, "eval", 1e-4, s, 0.1, rank, src))  # not the selected rate: ignored
     cell = report.cell_tables(recs)
     assert cell["lrs"] == {"static": 3e-3, "dynamic": 1e-2, "static-2r": 3e-3, "dyn-sens": 1e-2}
+    assert cell["lr_at_edge"] == {"static": 3e-3, "dynamic": 1e-2, "static-2r": 3e-3}  # each beat only 1e-4
     assert cell["per_task"]["dynamic"]["t1"]["mean"] == pytest.approx(73.0)
     d = cell["comparisons"]["dynamic r - static r"]
     assert d["over_tasks"]["mean"] == pytest.approx(2.0) and d["per_task"]["t1"]["n"] == 3
@@ -79,6 +80,7 @@ def test_cell_tables_summary_and_files(tmp_path: Path) -> None:
     assert out["summary"]["per_budget"]["2"]["ci95"][0] == pytest.approx(2.0)  # identical per-task means: zero width
     md = (tmp_path / "rank_study.md").read_text()
     assert "dynamic r - static r" in md and "## Against the targets" in md
+    assert "Chosen at the edge of the rates tried (a better rate may lie beyond): static 0.003, dynamic 0.01" in md
     assert cell["mechanism"]["dyn-sens"] == "reallocation from sensitivity only, min rank 1, max 4"
     assert cell["mechanism"]["dynamic"].startswith("reallocation from sensitivity + input complexity (50/50)")
     assert (tmp_path / "rank_study.png").read_bytes()[:4] == b"\x89PNG"
