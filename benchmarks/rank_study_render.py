@@ -119,8 +119,10 @@ def pooled_lines(report: dict[str, Any]) -> list[str]:
          "tasks. Static 2r is twice each cell's own rank.", "",
          "| comparison | cells | " + " | ".join(tasks) + " | over tasks |", "|---" * (len(tasks) + 3) + "|"]
     for label, c in p["comparisons"].items():
+        # the +1-point verdict is the target against static LoRA; other rows give the interval only
+        over = verdict(c["mean"], *c["ci95"]) if c["against"] == "static" else f"{_f(c['mean'])} [{_f(c['ci95'][0])}, {_f(c['ci95'][1])}]"
         L.append(f"| {label} | {', '.join(c['cells'])} | " + " | ".join(_f(c["per_task"].get(t)) for t in tasks)
-                 + f" | **{verdict(c['mean'], *c['ci95'])}** |")
+                 + f" | **{over}** |")
     return L + [""]
 
 

@@ -198,6 +198,11 @@ def test_ablation_variants_are_compared_with_peft_adalora_in_cell_summary_and_po
     pooled = report.pooled_small_budgets({"r2-all-epochs": cell}, meta)["comparisons"]
     assert pooled["dyn-sens-r0 - peft-adalora"]["per_task"] == {"t1": pytest.approx(3.0), "t2": pytest.approx(5.0)}
     assert pooled["dynamic - peft-adalora"]["mean"] == pytest.approx(-1.0)
+    render = __import__("rank_study_render")
+    rows = {ln.split(" | ")[0][2:]: ln for ln in render.pooled_lines(
+        {"summary": {"pooled_small_budgets": {"max_budget": 4, "comparisons": pooled}}}) if ln.startswith("| d")}
+    assert "target >= +1" in rows["dynamic - static"]  # the +1-point verdict belongs to the static comparison only
+    assert rows["dyn-sens-r0 - peft-adalora"].endswith("| **+4.00 [-8.71, +16.71]** |")  # t(1) over task means 3 and 5
     lines = "\n".join(__import__("rank_study_render").targets_lines({"summary": {"per_budget": {"2": s}}}))
     assert "vs PEFT AdaLoRA r: +4.00" in lines and "> AdaLoRA: met" in lines
     assert "dynamic vs PEFT AdaLoRA at equal budget: -1.00" in lines and "(not met)" in lines
