@@ -386,9 +386,9 @@ def main() -> int:
     for cell in cells:
         for tier in tiers:  # each tier: its learning-rate sweep, then its evaluation runs (seed-major)
             swept = [m for m in tier if "lr_from" not in METHODS[m]]
-            sweep = [r for m in swept for r in swept_records(cell, m, args.sweep_tasks.split(","), data, settings,
-                                                             _sweep_runner(cell, m, data, args.jobs))]
-            lrs = rank_study_report.best_lrs(all_sweeps(cell, args.sweep_tasks.split(","), data, settings) or sweep)
+            for m in swept:  # runs what the cache lacks; the rates then come from every cached sweep of the cell
+                swept_records(cell, m, args.sweep_tasks.split(","), data, settings, _sweep_runner(cell, m, data, args.jobs))
+            lrs = rank_study_report.best_lrs(all_sweeps(cell, args.sweep_tasks.split(","), data, settings))
             print(f"{cell.key} learning rates: {lrs}", flush=True)
             main_cfgs = [run_config(cell, m, t, "eval", lrs[METHODS[m].get("lr_from") or m], s, data, settings)
                          for s in range(args.seeds) for t in tasks for m in tier]

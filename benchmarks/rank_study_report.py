@@ -26,6 +26,9 @@ COMPARISONS = (
     ("PEFT AdaLoRA r - static r", "peft-adalora", "static"),
 )
 ABLATIONS = ("dyn-mix", "dyn-sens", "dyn-sens-r0", "dyn-sens-prune")  # one mechanism each, against static r
+# each ablation variant against: (summary key, comparison label); the labels are the report's row names
+ABLATION_AGAINST = (("static_r", "{m} - static r (ablation)"), ("static_2r", "{m} r - static 2r (ablation)"),
+                    ("peft_adalora", "{m} r - PEFT AdaLoRA r (ablation)"))
 
 def describe(cfg: dict[str, Any]) -> str:
     """What a run's rank dynamics were, read from its own resolved configuration (not from today's defaults)."""
@@ -99,9 +102,9 @@ def cell_tables(records: list[dict[str, Any]]) -> dict[str, Any]:
     per_task = {m: {t: {"mean": statistics.fmean(d.values()), "sd": statistics.stdev(d.values()) if len(d) > 1 else 0.0,
                         "n": len(d), "seeds": d} for t, d in tm.items()} for m, tm in scores.items()}
     comps = {}
-    rows = list(COMPARISONS) + [(f"{m} - static r (ablation)", m, "static") for m in ABLATIONS if m in scores]
-    rows += [(f"{m} r - static 2r (ablation)", m, "static-2r") for m in ABLATIONS if m in scores]
-    rows += [(f"{m} r - PEFT AdaLoRA r (ablation)", m, "peft-adalora") for m in ABLATIONS if m in scores]
+    rows = list(COMPARISONS) + [(label.format(m=m), m, against) for (_, label), against in
+                                zip(ABLATION_AGAINST, ("static", "static-2r", "peft-adalora"), strict=True)
+                                for m in ABLATIONS if m in scores]
     for label, a, b in rows:
         if a not in scores or b not in scores:
             continue
@@ -147,13 +150,9 @@ def summarize(cells: dict[str, dict[str, Any]], meta: dict[str, dict[str, Any]])
             o = c.get(label, {}).get("over_tasks", {})
             entry[name] = o.get("mean")
             entry[name.replace("points", "ci95") if name != "mean_diff_points" else "ci95"] = o.get("ci95")
-        entry["ablations"] = {m: {"vs_static_r_points": c.get(f"{m} - static r (ablation)", {}).get("over_tasks", {}).get("mean"),
-                                  "vs_static_r_ci95": c.get(f"{m} - static r (ablation)", {}).get("over_tasks", {}).get("ci95"),
-                                  "vs_static_2r_points": c.get(f"{m} r - static 2r (ablation)", {}).get("over_tasks", {}).get("mean"),
-                                  "vs_static_2r_ci95": c.get(f"{m} r - static 2r (ablation)", {}).get("over_tasks", {}).get("ci95"),
-                                  "vs_peft_adalora_points": c.get(f"{m} r - PEFT AdaLoRA r (ablation)", {}).get("over_tasks", {}).get("mean"),
-                                  "vs_peft_adalora_ci95": c.get(f"{m} r - PEFT AdaLoRA r (ablation)", {}).get("over_tasks", {}).get("ci95"),
-                                  "live_params": cell["live_params"].get(m)}
+        entry["ablations"] = {m: {f"vs_{name}_{k}": c.get(label.format(m=m), {}).get("over_tasks", {}).get(field)
+                                  for name, label in ABLATION_AGAINST for k, field in (("points", "mean"), ("ci95", "ci95"))}
+                              | {"live_params": cell["live_params"].get(m)}
                               for m in ABLATIONS if f"{m} - static r (ablation)" in c}
         entry["live_params"] = {m: cell["live_params"].get(m) for m in ("static", "static-2r", "dynamic", "peft-adalora", "peft-lora")}
         per_budget.setdefault(b, {"cells": []})["cells"].append(entry)
