@@ -85,13 +85,16 @@ def targets_lines(report: dict[str, Any]) -> list[str]:
 
     s = report["summary"]
     L = ["## Against the targets", ""]
-    for b, v in sorted(s["per_budget"].items(), key=lambda kv: int(kv[0])):
+    cells = [(b, e) for b, v in sorted(s["per_budget"].items(), key=lambda kv: int(kv[0]))
+             for e in sorted(v["cells"], key=lambda e: e["cell"] != v["cell"])]  # the budget's headline cell first
+    for b, v in cells:
         lo, hi = (v.get("ci95") or [float("nan")] * 2)
         L.append(f"- average rank {b} ({v['cell']}): dynamic - static = {verdict(v['mean_diff_points'] or float('nan'), lo, hi)}")
         if v.get("dynamic_allocation_moved") is False:
             L.append("  - the default dynamic method never moved rank in this cell (every layer ended at the average "
                      "rank; with min rank = average rank there is nothing to move): its difference from static is "
                      "initialisation noise, not allocation")
+        L += _power_lines(v.get("power") or {})
         lo2, hi2 = (v.get("dynamic_r_vs_static_2r_ci95") or [float("nan")] * 2)
         d2 = v.get("dynamic_r_vs_static_2r_points")
         if d2 is not None:
@@ -106,6 +109,16 @@ def targets_lines(report: dict[str, Any]) -> list[str]:
     return L + [""]
 
 
+def _power_lines(p: dict[str, Any]) -> list[str]:
+    """What the over-task interval could see, from the spread of the per-task differences it was built on."""
+    if p.get("detectable_80") is None or p["detectable_80"] != p["detectable_80"]:
+        return []
+    need = p.get("tasks_for_1_point")
+    return [f"  - power: with the spread over tasks measured here (sd {p['sd_over_tasks']:.2f} points), this comparison "
+            f"finds a true difference of {p['detectable_80']:.2f} points with 80% probability; finding 1 point "
+            f"would take {need if need is not None else 'more than 10,000'} tasks"]
+
+
 def pooled_lines(report: dict[str, Any]) -> list[str]:
     """Every projection at average rank <= 4, the cells taken together (more tasks x cells, a narrower interval)."""
     from rank_study_stats import verdict
@@ -117,12 +130,15 @@ def pooled_lines(report: dict[str, Any]) -> list[str]:
     L = [f"## Pooled: every projection at average rank <= {p['max_budget']}", "",
          "Per task, the mean over the pooled cells of its seed-paired difference; the interval is Student's t over "
          "tasks. Static 2r is twice each cell's own rank.", "",
-         "| comparison | cells | " + " | ".join(tasks) + " | over tasks |", "|---" * (len(tasks) + 3) + "|"]
+         "Power: the true difference the over-task test finds with 80% probability, given the spread of the per-task "
+         "differences in that row (noncentral t), and the number of tasks that spread would need for 1 point.", "",
+         "| comparison | cells | " + " | ".join(tasks) + " | over tasks | detectable (80%) | tasks for 1 point |",
+         "|---" * (len(tasks) + 5) + "|"]
     for label, c in p["comparisons"].items():
         # the +1-point verdict is the target against static LoRA; other rows give the interval only
         over = verdict(c["mean"], *c["ci95"]) if c["against"] == "static" else f"{_f(c['mean'])} [{_f(c['ci95'][0])}, {_f(c['ci95'][1])}]"
         L.append(f"| {label} | {', '.join(c['cells'])} | " + " | ".join(_f(c["per_task"].get(t)) for t in tasks)
-                 + f" | **{over}** |")
+                 + f" | **{over}** | {_f(c.get('detectable_80'), sign=False)} | {c.get('tasks_for_1_point') or 'n/a'} |")
     return L + [""]
 
 

@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from rank_study_stats import mean_ci95, over_tasks, paired_diffs
+from rank_study_stats import mean_ci95, over_tasks, paired_diffs, power_of
 
 BASELINE = "static"
 ALL_PROJECTIONS = ["query", "key", "value", "dense"]  # rank_study.TARGETS["all"]: every linear projection
@@ -150,6 +150,8 @@ def summarize(cells: dict[str, dict[str, Any]], meta: dict[str, dict[str, Any]])
             o = c.get(label, {}).get("over_tasks", {})
             entry[name] = o.get("mean")
             entry[name.replace("points", "ci95") if name != "mean_diff_points" else "ci95"] = o.get("ci95")
+        o = c.get("dynamic r - static r", {}).get("over_tasks", {})  # could this cell see a 1-point difference?
+        entry["power"] = {k: o.get(k) for k in ("sd_over_tasks", "detectable_80", "tasks_for_1_point")}
         entry["ablations"] = {m: {f"vs_{name}_{k}": c.get(label.format(m=m), {}).get("over_tasks", {}).get(field)
                                   for name, label in ABLATION_AGAINST for k, field in (("points", "mean"), ("ci95", "ci95"))}
                               | {"live_params": cell["live_params"].get(m)}
@@ -191,9 +193,11 @@ def pooled_small_budgets(cells: dict[str, dict[str, Any]], meta: dict[str, dict[
         used = {t: v for t, v in per_task.items() if len(v) == len(pooled)}
         if len(used) < 2:
             continue
-        m, lo, hi = mean_ci95([statistics.fmean(v) for v in used.values()])
+        task_means = [statistics.fmean(v) for v in used.values()]
+        m, lo, hi = mean_ci95(task_means)
         comps[f"{a} - {b}"] = {"method": a, "against": b, "cells": pooled, "mean": m, "ci95": [lo, hi],
-                               "tasks": sorted(used), "per_task": {t: statistics.fmean(v) for t, v in sorted(used.items())}}
+                               "tasks": sorted(used), "per_task": {t: statistics.fmean(v) for t, v in sorted(used.items())},
+                               **power_of(task_means)}
     return {"cells": keys, "max_budget": POOLED_MAX_BUDGET, "comparisons": comps}
 
 

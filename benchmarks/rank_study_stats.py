@@ -42,7 +42,18 @@ def over_tasks(per_task: dict[str, dict[int, float]], min_seeds: int = 2) -> dic
     means = [statistics.fmean(d.values()) for d in used.values()]
     m, lo, hi = mean_ci95(means)
     return {"mean": m, "ci95": [lo, hi], "n_tasks": len(used), "tasks": sorted(used),
-            "left_out": sorted(set(per_task) - set(used))}
+            "left_out": sorted(set(per_task) - set(used)), **power_of(means)}
+
+
+def power_of(task_means: Sequence[float], effect: float = 1.0, power: float = 0.8) -> dict[str, object]:
+    """What the over-task test could see, from the spread of the per-task means it was given: the true difference
+    it finds with 80% power (`detectable_80`), and how many tasks it would need to find `effect` points (1)."""
+    vals = [float(v) for v in task_means]
+    if len(vals) < 2:
+        return {"sd_over_tasks": math.nan, "detectable_80": math.nan, "tasks_for_1_point": None}
+    sd = statistics.stdev(vals)
+    return {"sd_over_tasks": sd, "detectable_80": detectable_effect(sd, len(vals), power),
+            "tasks_for_1_point": units_needed(sd, effect, power)}
 
 
 def verdict(mean: float, lo: float, hi: float, target: float = 1.0) -> str:
@@ -54,3 +65,41 @@ def verdict(mean: float, lo: float, hi: float, target: float = 1.0) -> str:
     where = ("the interval excludes 0" if lo > 0 or hi < 0 else "the interval includes 0")
     met = "met" if mean >= target and lo > 0 else "not met"
     return f"{mean:+.2f} points, 95% CI [{lo:+.2f}, {hi:+.2f}]: {where}; target >= +{target:g} with CI > 0: {met}"
+
+
+def power_two_sided(effect: float, sd: float, n: int, alpha: float = 0.05) -> float:
+    """Power of the two-sided one-sample t test over n units (tasks) with spread `sd` to find a true mean `effect`.
+
+    Exact, from the noncentral t distribution: P(|T| > t_crit) with noncentrality effect * sqrt(n) / sd."""
+    if n < 2 or sd <= 0:
+        return math.nan
+    df = n - 1
+    crit = float(_st.t.ppf(1 - alpha / 2, df))
+    nc = abs(effect) * math.sqrt(n) / sd  # the power is symmetric in the sign of the effect
+    far = float(_st.nct.cdf(-crit, df, nc))  # rejecting on the wrong side; scipy gives NaN where it underflows
+    return float(_st.nct.sf(crit, df, nc)) + (0.0 if math.isnan(far) else far)
+
+
+def detectable_effect(sd: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
+    """The smallest true mean difference the over-task test finds with probability `power` (n units, spread sd)."""
+    if n < 2 or math.isnan(sd):
+        return math.nan
+    if sd == 0:
+        return 0.0  # no spread over tasks: any true difference shows
+    from scipy.optimize import brentq
+
+    hi = sd
+    while power_two_sided(hi, sd, n, alpha) < power:
+        hi *= 2
+    return float(brentq(lambda e: power_two_sided(e, sd, n, alpha) - power, 0.0, hi, xtol=1e-6))
+
+
+def units_needed(sd: float, effect: float = 1.0, power: float = 0.8, alpha: float = 0.05, cap: int = 10_000) -> int | None:
+    """How many units (tasks) the over-task test needs to find a true `effect` with probability `power`;
+    None past `cap`."""
+    if sd <= 0 or math.isnan(sd):
+        return 2
+    for n in range(2, cap + 1):
+        if power_two_sided(effect, sd, n, alpha) >= power:
+            return n
+    return None

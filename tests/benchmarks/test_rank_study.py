@@ -8,13 +8,15 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import rank_study  # noqa: E402
 import rank_study_report as report  # noqa: E402
-from rank_study_stats import mean_ci95, over_tasks, paired_diffs, verdict  # noqa: E402
+from rank_study_stats import (  # noqa: E402
+    detectable_effect, mean_ci95, over_tasks, paired_diffs, power_two_sided, units_needed, verdict)
 
 
 def _rec(method: str, task: str, split: str, lr: float, seed: int, acc: float, rank: int = 2, lr_from: str | None = None):
@@ -41,6 +43,26 @@ def test_paired_diffs_use_common_seeds_and_over_tasks_uses_task_means() -> None:
     assert o["tasks"] == ["a", "b"] and o["left_out"] == ["c"] and o["mean"] == pytest.approx(0.5)
     assert "not met" in verdict(0.5, -0.1, 1.1) and "includes 0" in verdict(0.5, -0.1, 1.1)
     assert "met" in verdict(1.5, 0.2, 2.8) and "not met" not in verdict(1.5, 0.2, 2.8)
+
+
+def test_power_of_the_over_task_test_matches_published_values_and_simulation() -> None:
+    # one-sample two-sided t test, alpha 0.05 (G*Power): d = 1 needs n = 10 (power 0.8031); d = 0.5 needs n = 34
+    assert power_two_sided(1.0, 1.0, 10) == pytest.approx(0.8031, abs=1e-4)
+    assert units_needed(1.0, effect=1.0) == 10 and units_needed(2.0, effect=1.0) == 34
+    assert power_two_sided(0.0, 2.0, 6) == pytest.approx(0.05)  # no true difference: the test's own error rate
+    e = detectable_effect(1.5, 6)
+    assert power_two_sided(e, 1.5, 6) == pytest.approx(0.8, abs=1e-5) and detectable_effect(3.0, 6) == pytest.approx(2 * e)
+    rng = np.random.default_rng(0)  # simulated studies of 6 tasks with that true difference find it ~80% of the time
+    x = rng.normal(e, 1.5, size=(20000, 6))
+    t = x.mean(1) / (x.std(1, ddof=1) / math.sqrt(6))
+    assert float(np.mean(np.abs(t) > 2.5705818366147395)) == pytest.approx(0.8, abs=0.015)
+    o = over_tasks({"a": {0: 1.0, 1: 1.0}, "b": {0: 3.0, 1: 3.0}, "c": {0: 2.0, 1: 2.0}})
+    assert o["sd_over_tasks"] == pytest.approx(1.0) and o["detectable_80"] == pytest.approx(detectable_effect(1.0, 3))
+    assert o["tasks_for_1_point"] == 10 and detectable_effect(0.0, 6) == 0.0
+    import rank_study_render
+
+    line = rank_study_render._power_lines(o)[0]
+    assert f"finds a true difference of {o['detectable_80']:.2f} points" in line and "would take 10 tasks" in line
 
 
 def test_learning_rate_is_chosen_on_validation_runs_only() -> None:
@@ -202,7 +224,8 @@ def test_ablation_variants_are_compared_with_peft_adalora_in_cell_summary_and_po
     rows = {ln.split(" | ")[0][2:]: ln for ln in render.pooled_lines(
         {"summary": {"pooled_small_budgets": {"max_budget": 4, "comparisons": pooled}}}) if ln.startswith("| d")}
     assert "target >= +1" in rows["dynamic - static"]  # the +1-point verdict belongs to the static comparison only
-    assert rows["dyn-sens-r0 - peft-adalora"].endswith("| **+4.00 [-8.71, +16.71]** |")  # t(1) over task means 3 and 5
+    # t(1) over the task means 3 and 5, then what that spread (sd 1.41) can detect and the tasks 1 point needs
+    assert rows["dyn-sens-r0 - peft-adalora"].endswith("| **+4.00 [-8.71, +16.71]** | 16.33 | 18 |")
     lines = "\n".join(__import__("rank_study_render").targets_lines({"summary": {"per_budget": {"2": s}}}))
     assert "vs PEFT AdaLoRA r: +4.00" in lines and "> AdaLoRA: met" in lines
     assert "dynamic vs PEFT AdaLoRA at equal budget: -1.00" in lines and "(not met)" in lines
