@@ -87,6 +87,25 @@ class LoRAConfig:
             raise ConfigError(f"--lora-dropout must be in [0, 1), got {self.dropout}")
 
 
+def frozen_allocation(lora: LoRAConfig, dynamic: DynamicConfig) -> str | None:
+    """Why reallocation is on but can move no rank (every layer pinned at the average), or None.
+
+    With the floor (--min-rank) or the cap (--max-rank) equal to the average rank and no budget to prune, every
+    layer must sit exactly at the average: the run is static LoRA plus the statistics' cost. The rank study's
+    default at average rank 1 (min rank 1) was such a run."""
+    if not dynamic.reallocate or dynamic.budget_start > 1.0:
+        return None
+    pinned = [f"--min-rank {lora.min_rank}"] if lora.min_rank >= lora.rank else []
+    if lora.resolved_max_rank(True) <= lora.rank:
+        pinned.append(f"--max-rank {lora.resolved_max_rank(True)}")
+    if not pinned:
+        return None
+    hint = "lower --min-rank (0 lets a layer be switched off)" if lora.min_rank >= lora.rank else "raise --max-rank"
+    cost = "" if dynamic.input_adaptive == "per-example" else " (the run is static LoRA plus the statistics' cost)"
+    return (f"{' and '.join(pinned)} equals the average --rank {lora.rank}, so reallocation cannot move rank "
+            f"between layers{cost}; {hint} to let it")
+
+
 @dataclass
 class DynamicConfig:
     reallocate: bool = field(default=True, metadata={"help": "move rank between layers from importance"})

@@ -79,7 +79,12 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    from dynalora.core.config import frozen_allocation
     from dynalora.distributed.launcher import in_torchrun, run_training
+
+    note = frozen_allocation(cfg.lora, cfg.dynamic)
+    if note and os.environ.get("RANK", "0") == "0":  # one line per run, not one per worker
+        print(f"dynalora: note: {note}", file=sys.stderr, flush=True)
 
     if cfg.backend == "local" and not in_torchrun():
         from dynalora.core.train import train

@@ -43,13 +43,34 @@ def test_cli_train_writes_every_output(tiny_dirs, csv_data, tmp_path, capsys) ->
     assert set(final) >= {"accuracy", "f1", "mcc"}
     cfg = (out / "config.yaml").read_text()
     assert "rank: 4" in cfg
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "note:" not in captured.err  # rank 4 between 1 and 8: the allocation can move
     assert "final rank per layer" in printed and "accuracy" in printed
     n_layers = len(lines[-1]["ranks"])
     assert f"live budget: {4 * n_layers} rank units over {n_layers} layers (average 4.00; target 4 x {n_layers}" in printed
     assert "by module: " in printed and "by depth: " in printed
     png = (out / "allocation.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_frozen_allocation_is_named_before_training(tiny_dirs, csv_data, tmp_path, capsys) -> None:
+    """Reallocation that can move nothing (floor or cap at the average rank) is said once, before the run."""
+    from dynalora.core.config import frozen_allocation
+
+    note = frozen_allocation(LoRAConfig(rank=1), DynamicConfig())
+    assert note.startswith("--min-rank 1 equals the average --rank 1") and "lower --min-rank" in note
+    assert "raise --max-rank" in frozen_allocation(LoRAConfig(rank=4, max_rank=4), DynamicConfig())
+    for lora, dyn in ((LoRAConfig(rank=1, min_rank=0), DynamicConfig()), (LoRAConfig(rank=8), DynamicConfig()),
+                      (LoRAConfig(rank=1), DynamicConfig(budget_start=1.5)),  # pruning from above still moves rank
+                      (LoRAConfig(rank=1), DynamicConfig(reallocate=False, input_adaptive="off"))):
+        assert frozen_allocation(lora, dyn) is None
+    assert "statistics' cost" not in frozen_allocation(LoRAConfig(rank=1), DynamicConfig(input_adaptive="per-example"))
+    out = tmp_path / "run"
+    rc = main(["train", "--model", str(tiny_dirs["bert"]), "--task", "", "--train-file", str(csv_data), "--out", str(out),
+               "--steps", "4", "--batch-size", "8", "--rank", "1", "--max-length", "24", "--no-progress", "--lr", "0.01"])
+    err = capsys.readouterr().err
+    assert rc == 0 and err.count("dynalora: note: --min-rank 1 equals the average --rank 1") == 1
 
 
 def test_training_fits_a_small_training_set(tiny_dirs, tmp_path) -> None:
