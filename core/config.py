@@ -102,7 +102,8 @@ def frozen_allocation(lora: LoRAConfig, dynamic: DynamicConfig) -> str | None:
         return None
     hint = "lower --min-rank (0 lets a layer be switched off)" if lora.min_rank >= lora.rank else "raise --max-rank"
     cost = "" if dynamic.input_adaptive == "per-example" else " (the run is static LoRA plus the statistics' cost)"
-    return (f"{' and '.join(pinned)} equals the average --rank {lora.rank}, so reallocation cannot move rank "
+    verb = "equal" if len(pinned) > 1 else "equals"
+    return (f"{' and '.join(pinned)} {verb} the average --rank {lora.rank}, so reallocation cannot move rank "
             f"between layers{cost}; {hint} to let it")
 
 

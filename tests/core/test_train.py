@@ -61,6 +61,8 @@ def test_frozen_allocation_is_named_before_training(tiny_dirs, csv_data, tmp_pat
     note = frozen_allocation(LoRAConfig(rank=1), DynamicConfig())
     assert note.startswith("--min-rank 1 equals the average --rank 1") and "lower --min-rank" in note
     assert "raise --max-rank" in frozen_allocation(LoRAConfig(rank=4, max_rank=4), DynamicConfig())
+    assert frozen_allocation(LoRAConfig(rank=2, min_rank=2, max_rank=2), DynamicConfig()).startswith(
+        "--min-rank 2 and --max-rank 2 equal the average --rank 2")
     for lora, dyn in ((LoRAConfig(rank=1, min_rank=0), DynamicConfig()), (LoRAConfig(rank=8), DynamicConfig()),
                       (LoRAConfig(rank=1), DynamicConfig(budget_start=1.5)),  # pruning from above still moves rank
                       (LoRAConfig(rank=1), DynamicConfig(reallocate=False, input_adaptive="off"))):
