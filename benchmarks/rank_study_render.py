@@ -111,7 +111,7 @@ def targets_lines(report: dict[str, Any]) -> list[str]:
 
 def _power_lines(p: dict[str, Any]) -> list[str]:
     """What the over-task interval could see, from the spread of the per-task differences it was built on."""
-    if p.get("detectable_80") is None or p["detectable_80"] != p["detectable_80"]:
+    if p.get("detectable_80") is None or math.isnan(p["detectable_80"]):
         return []
     need = p.get("tasks_for_1_point")
     return [f"  - power: with the spread over tasks measured here (sd {p['sd_over_tasks']:.2f} points), this comparison "

@@ -150,8 +150,8 @@ def summarize(cells: dict[str, dict[str, Any]], meta: dict[str, dict[str, Any]])
             o = c.get(label, {}).get("over_tasks", {})
             entry[name] = o.get("mean")
             entry[name.replace("points", "ci95") if name != "mean_diff_points" else "ci95"] = o.get("ci95")
-        o = c.get("dynamic r - static r", {}).get("over_tasks", {})  # could this cell see a 1-point difference?
-        entry["power"] = {k: o.get(k) for k in ("sd_over_tasks", "detectable_80", "tasks_for_1_point")}
+            if name == "mean_diff_points":  # could this cell see a 1-point difference?
+                entry["power"] = {k: o.get(k) for k in ("sd_over_tasks", "detectable_80", "tasks_for_1_point")}
         entry["ablations"] = {m: {f"vs_{name}_{k}": c.get(label.format(m=m), {}).get("over_tasks", {}).get(field)
                                   for name, label in ABLATION_AGAINST for k, field in (("points", "mean"), ("ci95", "ci95"))}
                               | {"live_params": cell["live_params"].get(m)}

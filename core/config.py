@@ -95,12 +95,11 @@ def frozen_allocation(lora: LoRAConfig, dynamic: DynamicConfig) -> str | None:
     default at average rank 1 (min rank 1) was such a run."""
     if not dynamic.reallocate or dynamic.budget_start > 1.0:
         return None
-    pinned = [f"--min-rank {lora.min_rank}"] if lora.min_rank >= lora.rank else []
-    if lora.resolved_max_rank(True) <= lora.rank:
-        pinned.append(f"--max-rank {lora.resolved_max_rank(True)}")
+    floor_pins, cap = lora.min_rank >= lora.rank, lora.resolved_max_rank(True)
+    pinned = ([f"--min-rank {lora.min_rank}"] if floor_pins else []) + ([f"--max-rank {cap}"] if cap <= lora.rank else [])
     if not pinned:
         return None
-    hint = "lower --min-rank (0 lets a layer be switched off)" if lora.min_rank >= lora.rank else "raise --max-rank"
+    hint = "lower --min-rank (0 lets a layer be switched off)" if floor_pins else "raise --max-rank"
     cost = "" if dynamic.input_adaptive == "per-example" else " (the run is static LoRA plus the statistics' cost)"
     verb = "equal" if len(pinned) > 1 else "equals"
     return (f"{' and '.join(pinned)} {verb} the average --rank {lora.rank}, so reallocation cannot move rank "
