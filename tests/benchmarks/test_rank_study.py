@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -259,3 +260,37 @@ def test_lr_sweep_extends_past_an_edge_until_the_best_is_inside(tmp_path: Path) 
     rank_study.swept_records(cell, "static", ["t1"], data, settings, runner)
     assert asked == [3e-4, 1e-3, 3e-3, 1e-4, 3e-5] and rank_study.MAX_EDGE_STEPS == 2
     assert rank_study.lr_step(3e-3, up=True) == 1e-2 and rank_study.lr_step(1e-3, up=False) == 3e-4
+
+
+_INTERVAL = r"[+-]\d+\.\d+ \[[+-]?\d+\.\d+, [+-]?\d+\.\d+\]"
+
+
+def _report_intervals(text: str) -> set[str]:
+    """Every 'd [lo, hi]' a report states, also where it writes 'd points, 95% CI [lo, hi]'."""
+    found = set(re.findall(_INTERVAL, text))
+    for d, lo_hi in re.findall(r"([+-]\d+\.\d+) points(?: \[|, 95% CI \[)([+-]?\d+\.\d+, [+-]?\d+\.\d+)\]", text):
+        found.add(f"{d} [{lo_hi}]")
+    return found
+
+
+def test_readme_rank_figures_are_the_reports() -> None:
+    """Issue #11: README's account of dynamic LoRA quotes the committed report word for word in figures.
+    Every seed-paired interval and every step-time ratio it gives must be one the report (or the timing files it
+    cites) states, so a regenerated report that moves a figure, or a typo, fails here."""
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("## How dynamic LoRA works here"):readme.index("## Command line")]
+    results = root / "benchmarks" / "results"
+    report_md = (results / "rank_study.md").read_text()
+
+    quoted = re.findall(_INTERVAL, section)
+    assert len(quoted) >= 20, "the README section no longer quotes the study's intervals"
+    missing = sorted(set(quoted) - _report_intervals(report_md))
+    assert not missing, f"README intervals not in benchmarks/results/rank_study.md: {missing}"
+
+    ratios = set(re.findall(r"\d\.\d{3}x", report_md))
+    for path in sorted((results / "rank_study_timing_r2").glob("*.json")):
+        ratios |= {f"{v:.3f}x" for v in json.loads(path.read_text())["ratio_to_static"].values()}
+    stated = set(re.findall(r"\d\.\d{3}x", section))
+    assert stated, "the README section no longer quotes the measured step-time ratios"
+    assert not sorted(stated - ratios), f"README step-time ratios not measured: {sorted(stated - ratios)}"
