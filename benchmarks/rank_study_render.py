@@ -120,14 +120,20 @@ def _power_lines(p: dict[str, Any]) -> list[str]:
 
 
 def pooled_lines(report: dict[str, Any]) -> list[str]:
-    """Every projection at average rank <= 4, the cells taken together (more tasks x cells, a narrower interval)."""
+    """Each pooled view (every projection, query/value) at average rank <= 4: the cells taken together."""
+    from rank_study_report import POOLS
+
+    return [ln for name, (_, heading) in POOLS.items() for ln in _pool_lines(report["summary"].get(name) or {}, heading)]
+
+
+def _pool_lines(p: dict[str, Any], heading: str) -> list[str]:
+    """One pooled view as a table (more tasks x cells, a narrower interval)."""
     from rank_study_stats import verdict
 
-    p = report["summary"].get("pooled_small_budgets") or {}
     if not p.get("comparisons"):
         return []
     tasks = sorted({t for c in p["comparisons"].values() for t in c["per_task"]})
-    L = [f"## Pooled: every projection at average rank <= {p['max_budget']}", "",
+    L = [f"## Pooled: {heading} at average rank <= {p['max_budget']}", "",
          "Per task, the mean over the pooled cells of its seed-paired difference; the interval is Student's t over "
          "tasks. Static 2r is twice each cell's own rank.", "",
          "Power: the true difference the over-task test finds with 80% probability, given the spread of the per-task "

@@ -16,6 +16,10 @@ from rank_study_stats import mean_ci95, over_tasks, paired_diffs, power_of
 
 BASELINE = "static"
 ALL_PROJECTIONS = ["query", "key", "value", "dense"]  # rank_study.TARGETS["all"]: every linear projection
+QUERY_VALUE = ["query", "value"]  # rank_study.TARGETS["qv"]: the CLI's default targets
+# the pooled views: summary key -> (targets, heading)
+POOLS = {"pooled_small_budgets": (ALL_PROJECTIONS, "every projection"),
+         "pooled_small_budgets_query_value": (QUERY_VALUE, "query/value")}
 # (row label, method, against)
 COMPARISONS = (
     ("dynamic r - static r", "dynamic", "static"),
@@ -173,16 +177,20 @@ POOLED_PAIRS = (("dynamic", "static"), ("dynamic", "static-2r"), ("dyn-sens", "s
                 ("dyn-sens-r0", "peft-lora"), ("peft-adalora", "static"))
 
 
-def pooled_small_budgets(cells: dict[str, dict[str, Any]], meta: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Every projection at average rank <= 4, the cells taken together: per task, the mean over those cells of the
+def pooled_small_budgets(cells: dict[str, dict[str, Any]], meta: dict[str, dict[str, Any]],
+                         targets: list[str] = ALL_PROJECTIONS) -> dict[str, Any]:
+    """The cells on `targets` at average rank <= 4, taken together: per task, the mean over those cells of the
     task's mean seed-paired difference; then Student's t over tasks (the unit stays the task, as in each cell).
 
-    A comparison pools the cells where both methods were run; a task enters it only if both methods have it
-    (>= 2 paired seeds) in every one of those cells. Static 2r means twice each cell's own rank."""
-    keys = sorted(k for k, m in meta.items() if m["budget"] <= POOLED_MAX_BUDGET and m["targets"] == ALL_PROJECTIONS)
+    A comparison pools the cells where both methods were run (at least two; one cell is its own table); a task
+    enters it only if both methods have it (>= 2 paired seeds) in every one of those cells. Static 2r means twice
+    each cell's own rank."""
+    keys = sorted(k for k, m in meta.items() if m["budget"] <= POOLED_MAX_BUDGET and m["targets"] == targets)
     comps: dict[str, Any] = {}
     for a, b in POOLED_PAIRS:
         pooled = [k for k in keys if a in cells[k]["per_task"] and b in cells[k]["per_task"]]
+        if len(pooled) < 2:  # one cell is its own table, not a pool
+            continue
         per_task: dict[str, list[float]] = defaultdict(list)
         for k in pooled:
             pt = cells[k]["per_task"]
@@ -198,7 +206,7 @@ def pooled_small_budgets(cells: dict[str, dict[str, Any]], meta: dict[str, dict[
         comps[f"{a} - {b}"] = {"method": a, "against": b, "cells": pooled, "mean": m, "ci95": [lo, hi],
                                "tasks": sorted(used), "per_task": {t: statistics.fmean(v) for t, v in sorted(used.items())},
                                **power_of(task_means)}
-    return {"cells": keys, "max_budget": POOLED_MAX_BUDGET, "comparisons": comps}
+    return {"cells": keys, "max_budget": POOLED_MAX_BUDGET, "targets": targets, "comparisons": comps}
 
 
 def write(out: Path, cache: Path) -> dict[str, Any]:
@@ -214,7 +222,9 @@ def write(out: Path, cache: Path) -> dict[str, Any]:
     extra = {name: json.loads((out / f"rank_study_{name}.json").read_text())
              for name in ("tasks", "timing") if (out / f"rank_study_{name}.json").is_file()}
     report = {"environment": _environment(), "n_cached_runs": len(records), "cells": cells, "cell_meta": meta,
-              "summary": {**summarize(cells, meta), "pooled_small_budgets": pooled_small_budgets(cells, meta)}, **extra}
+              "summary": {**summarize(cells, meta),
+                          **{name: pooled_small_budgets(cells, meta, targets) for name, (targets, _) in POOLS.items()}},
+              **extra}
     write_json(out / "rank_study.json", report)
     write_text(out / "rank_study.md", render(report))
     _plot(report, out / "rank_study.png")

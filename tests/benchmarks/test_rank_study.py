@@ -192,6 +192,20 @@ def test_pooled_small_budgets_averages_cells_within_each_task() -> None:
     assert c["ci95"][0] == pytest.approx(3.0 - 12.706204736174698 * 1.0)  # t(1) over the two task means
     assert "dyn-sens-r0 - static" not in p["comparisons"]
 
+    # the query/value pool takes the query/value cells at rank <= 4 only, and one cell alone is no pool
+    qv = ["query", "value"]
+    assert report.pooled_small_budgets(cells, meta, qv)["comparisons"] == {}
+    cells |= {"r4-qv-epochs": cell({"a": 2.0, "b": 4.0}), "r8-qv-short": cell({"a": 90.0, "b": 90.0})}
+    meta |= {"r4-qv-epochs": {"budget": 4, "targets": qv}, "r8-qv-short": {"budget": 8, "targets": qv}}
+    q = report.pooled_small_budgets(cells, meta, qv)
+    assert q["cells"] == ["r2-qv-epochs", "r4-qv-epochs"] and q["targets"] == qv
+    assert q["comparisons"]["dynamic - static"]["per_task"] == {"a": pytest.approx(-24.0), "b": pytest.approx(-23.0)}
+    assert report.pooled_small_budgets(cells, meta)["cells"] == p["cells"]  # the all-projection pool is unchanged
+    from rank_study_render import pooled_lines
+
+    assert any(ln.startswith("## Pooled: query/value at average rank <= 4") for ln in pooled_lines(
+        {"summary": {"pooled_small_budgets_query_value": q}}))
+
 
 def test_ablation_variants_are_compared_with_peft_adalora_in_cell_summary_and_pool() -> None:
     """The issue's "dynamic > PEFT AdaLoRA at equal budget" is asked of each candidate default too: an ablation row
@@ -218,7 +232,8 @@ def test_ablation_variants_are_compared_with_peft_adalora_in_cell_summary_and_po
     assert s["dynamic_vs_peft_adalora_points"] == pytest.approx(-1.0)
     assert s["ablations"]["dyn-sens-r0"]["vs_peft_adalora_points"] == pytest.approx(4.0)
     assert s["live_params"]["peft-adalora"] == 2000
-    pooled = report.pooled_small_budgets({"r2-all-epochs": cell}, meta)["comparisons"]
+    meta["r4-all-epochs"] = {**meta["r2-all-epochs"], "budget": 4}  # the same runs again: a pool needs two cells
+    pooled = report.pooled_small_budgets({"r2-all-epochs": cell, "r4-all-epochs": cell}, meta)["comparisons"]
     assert pooled["dyn-sens-r0 - peft-adalora"]["per_task"] == {"t1": pytest.approx(3.0), "t2": pytest.approx(5.0)}
     assert pooled["dynamic - peft-adalora"]["mean"] == pytest.approx(-1.0)
     render = __import__("rank_study_render")
