@@ -76,6 +76,18 @@ def _cell_md(key: str, cell: dict[str, Any], meta: dict[str, Any]) -> list[str]:
     if cell.get("lr_at_edge"):
         L += ["", "Chosen at the edge of the rates tried (a better rate may lie beyond): "
               + ", ".join(f"{m} {lr:g}" for m, lr in cell["lr_at_edge"].items()) + "."]
+    if cell.get("rate_checks"):
+        L += ["", "Evaluation runs at a rate other than the swept one (a check of the sweep's choice; no comparison "
+              "above uses them). Last column: the default dynamic method at its chosen rate minus these runs, "
+              "seed-paired, over tasks:", "",
+              "| method | lr (chosen) | " + " | ".join(cell["tasks"]) + " | mean | dynamic r - these runs |",
+              "|---" * (len(cell["tasks"]) + 4) + "|"]
+        for c in cell["rate_checks"]:
+            o = c.get("dynamic_minus_this")
+            diff = f"{_f(o['mean'])} [{_f(o['ci95'][0])}, {_f(o['ci95'][1])}]" if o else "n/a"
+            L.append(f"| {c['method']} | {c['lr']:g} ({c['chosen_lr']:g}) | "
+                     + " | ".join(f"{c['per_task'][t]:.2f}" if t in c["per_task"] else "" for t in cell["tasks"])
+                     + f" | {c['mean_over_tasks']:.2f} | {diff} |")
     return L + [""]
 
 

@@ -125,6 +125,7 @@ def cell_tables(records: list[dict[str, Any]]) -> dict[str, Any]:
     lr_at_edge = {m: lr for m, lr in lrs.items() if len(tried[m]) > 1 and lr in (tried[m][0], tried[m][-1])}
     common = [t for t in tasks if all(t in tm for tm in per_task.values())]  # means compare like with like
     return {"lrs": chosen, "sweep": sweep, "lr_at_edge": lr_at_edge, "mechanism": mechanism, "tasks": tasks, "per_task": per_task, "comparisons": comps,
+            "rate_checks": rate_checks(records, chosen, scores),
             "live_params": {m: round(statistics.fmean([p for t, p in v if t in common] or [p for _, p in v]))
                             for m, v in params.items()},
             "common_tasks": common,
@@ -139,6 +140,28 @@ def cell_tables(records: list[dict[str, Any]]) -> dict[str, Any]:
                                  for m in scores if any(r["result"].get("ranks") for r in evals
                                                         if r["config"]["method"] == m)},
             "seeds": sorted({s for tm in scores.values() for d in tm.values() for s in d})}
+
+
+def rate_checks(records: list[dict[str, Any]], chosen: dict[str, float | None],
+                scores: dict[str, dict[str, dict[int, float]]]) -> list[dict[str, Any]]:
+    """Evaluation runs of a method at a rate other than the one its sweep chose: a check of that choice, kept
+    apart (no comparison above uses them). Each gives its per-task means and, seed-paired against the default
+    dynamic method at its chosen rate, the difference over tasks."""
+    other: dict[tuple[str, float], dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        c = r["config"]
+        if c["split"] == "eval" and chosen.get(c["method"]) not in (None, c["lr"]):
+            other[(c["method"], c["lr"])][c["task"]][c["seed"]] = score(r)
+    checks = []
+    for (m, lr), by_task in sorted(other.items()):
+        entry = {"method": m, "lr": lr, "chosen_lr": chosen[m],
+                 "per_task": {t: statistics.fmean(d.values()) for t, d in sorted(by_task.items())},
+                 "mean_over_tasks": statistics.fmean(statistics.fmean(d.values()) for d in by_task.values())}
+        if m != "dynamic" and "dynamic" in scores:
+            entry["dynamic_minus_this"] = over_tasks({t: paired_diffs(scores["dynamic"][t], d)
+                                                      for t, d in by_task.items() if t in scores["dynamic"]})
+        checks.append(entry)
+    return checks
 
 
 def summarize(cells: dict[str, dict[str, Any]], meta: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -309,3 +309,30 @@ def test_readme_rank_figures_are_the_reports() -> None:
     stated = set(re.findall(r"\d\.\d{3}x", section))
     assert stated, "the README section no longer quotes the measured step-time ratios"
     assert not sorted(stated - ratios), f"README step-time ratios not measured: {sorted(stated - ratios)}"
+
+
+def test_eval_runs_at_another_rate_are_a_separate_check_not_a_comparison() -> None:
+    """Evaluation runs of static 2r at a rate its sweep did not choose are shown apart (per-task means, and the
+    default dynamic method minus them, seed-paired) and change no comparison."""
+    recs = []
+    for m, best in (("static", 3e-3), ("static-2r", 1e-3), ("dynamic", 3e-3)):
+        for lr in (1e-3, 3e-3):
+            recs.append(_rec(m, "t1", "val", lr, 0, 0.8 if lr == best else 0.6))
+        for t, base in (("t1", 0.70), ("t2", 0.80)):
+            for s in range(3):
+                recs.append(_rec(m, t, "eval", best, s, base + 0.01 * s + (0.02 if m == "dynamic" else 0.0)))
+    for t, base in (("t1", 0.75), ("t2", 0.90)):  # static 2r at the rate the others chose: better than at its own
+        for s in range(3):
+            recs.append(_rec("static-2r", t, "eval", 3e-3, s, base + 0.01 * s))
+    cell = report.cell_tables(recs)
+    assert cell["lrs"]["static-2r"] == 1e-3
+    assert cell["comparisons"]["dynamic r - static 2r"]["over_tasks"]["mean"] == pytest.approx(2.0)  # chosen rate only
+    [check] = cell["rate_checks"]
+    assert (check["method"], check["lr"], check["chosen_lr"]) == ("static-2r", 3e-3, 1e-3)
+    assert check["per_task"] == {"t1": pytest.approx(76.0), "t2": pytest.approx(91.0)}
+    assert check["dynamic_minus_this"]["mean"] == pytest.approx((-3.0 + -8.0) / 2)
+    from rank_study_render import _cell_md
+
+    lines = _cell_md("r2-all-epochs", cell, {"budget": 2, "targets": ["query", "key", "value", "dense"],
+                                             "regime": {"epochs": 3.0}})
+    assert "| static-2r | 0.003 (0.001) | 76.00 | 91.00 | 83.50 | -5.50 [-37.27, +26.27] |" in lines
