@@ -112,6 +112,7 @@ def targets_lines(report: dict[str, Any]) -> list[str]:
         if d2 is not None:
             L.append(f"  - dynamic at rank {b} vs static at rank {2 * int(b)}: {_f(d2)} points [{_f(lo2)}, {_f(hi2)}] "
                      f"({'dynamic r >= static 2r: met' if d2 >= 0 else 'dynamic r >= static 2r: not met'})")
+            L += _doubling_caution(b, v)
         d3 = v.get("dynamic_vs_peft_adalora_points")
         if d3 is not None:
             lo3, hi3 = v.get("dynamic_vs_peft_adalora_ci95") or [float("nan")] * 2
@@ -119,6 +120,24 @@ def targets_lines(report: dict[str, Any]) -> list[str]:
                      f"({'met' if d3 > 0 else 'not met'})")
         L += _ablation_target_lines(b, v)
     return L + [""]
+
+
+def _doubling_caution(b: str, v: dict[str, Any]) -> list[str]:
+    """When static at twice the rank scored below static at the rank, the 'static 2r' target measures static 2r's
+    training (its swept rate), not what allocation saves: say so, with the rate check where one was run."""
+    dbl = v.get("static_2r_minus_static_points")
+    if dbl is None or math.isnan(dbl) or dbl >= 0:
+        return []
+    lrs = v.get("lrs") or {}
+    line = (f"  - caution: static at rank {2 * int(b)} scored below static at rank {b} here ({_f(dbl)} points; swept rates "
+            f"{lrs.get('static-2r') or float('nan'):g} against {lrs.get('static') or float('nan'):g}), so this comparison "
+            "says more about static 2r's training than about what allocation saves")
+    for r in v.get("static_2r_rate_checks") or []:
+        if r.get("dynamic_minus_this") is not None:
+            lo, hi = r.get("ci95") or [float("nan")] * 2
+            line += (f"; static at rank {2 * int(b)} trained at {r['lr']:g} instead: dynamic at rank {b} minus it "
+                     f"{_f(r['dynamic_minus_this'])} [{_f(lo)}, {_f(hi)}]")
+    return [line]
 
 
 def _power_lines(p: dict[str, Any]) -> list[str]:

@@ -20,13 +20,14 @@ QUERY_VALUE = ["query", "value"]  # rank_study.TARGETS["qv"]: the CLI's default 
 # the pooled views: summary key -> (targets, heading)
 POOLS = {"pooled_small_budgets": (ALL_PROJECTIONS, "every projection"),
          "pooled_small_budgets_query_value": (QUERY_VALUE, "query/value")}
+DOUBLING = "static 2r - static r (what doubling the rank buys)"
 # (row label, method, against)
 COMPARISONS = (
     ("dynamic r - static r", "dynamic", "static"),
     ("dynamic r - static 2r", "dynamic", "static-2r"),
     ("dynamic r - PEFT LoRA r", "dynamic", "peft-lora"),
     ("dynamic r - PEFT AdaLoRA r", "dynamic", "peft-adalora"),
-    ("static 2r - static r (what doubling the rank buys)", "static-2r", "static"),
+    (DOUBLING, "static-2r", "static"),
     ("PEFT AdaLoRA r - static r", "peft-adalora", "static"),
 )
 ABLATIONS = ("dyn-mix", "dyn-sens", "dyn-sens-r0", "dyn-sens-prune")  # one mechanism each, against static r
@@ -184,6 +185,13 @@ def summarize(cells: dict[str, dict[str, Any]], meta: dict[str, dict[str, Any]])
                               | {"live_params": cell["live_params"].get(m)}
                               for m in ABLATIONS if f"{m} - static r (ablation)" in c}
         entry["live_params"] = {m: cell["live_params"].get(m) for m in ("static", "static-2r", "dynamic", "peft-adalora", "peft-lora")}
+        # what doubling the rank bought: below 0, "dynamic r >= static 2r" says more about static 2r's training
+        entry["static_2r_minus_static_points"] = c.get(DOUBLING, {}).get("over_tasks", {}).get("mean")
+        entry["lrs"] = {m: cell["lrs"].get(m) for m in ("static", "static-2r", "dynamic")}
+        entry["static_2r_rate_checks"] = [{"lr": r["lr"], "mean_over_tasks": r["mean_over_tasks"],
+                                           "dynamic_minus_this": (r.get("dynamic_minus_this") or {}).get("mean"),
+                                           "ci95": (r.get("dynamic_minus_this") or {}).get("ci95")}
+                                          for r in cell.get("rate_checks", []) if r["method"] == "static-2r"]
         per_budget.setdefault(b, {"cells": []})["cells"].append(entry)
     for b, v in per_budget.items():  # the headline of a budget: its first cell (all targets, epochs first)
         head = sorted(v["cells"], key=lambda e: (e["targets"] != ALL_PROJECTIONS, e["regime"] != {"epochs": 3.0}))[0]

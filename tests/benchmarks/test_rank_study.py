@@ -336,3 +336,31 @@ def test_eval_runs_at_another_rate_are_a_separate_check_not_a_comparison() -> No
     lines = _cell_md("r2-all-epochs", cell, {"budget": 2, "targets": ["query", "key", "value", "dense"],
                                              "regime": {"epochs": 3.0}})
     assert "| static-2r | 0.003 (0.001) | 76.00 | 91.00 | 83.50 | -5.50 [-37.27, +26.27] |" in lines
+
+
+def test_targets_warn_when_static_at_twice_the_rank_scored_below_static() -> None:
+    """'dynamic r >= static 2r' is only evidence of saved budget when doubling the rank did not hurt; when static 2r
+    scored below static r, the target line says so, with its swept rates and the rate check."""
+    from rank_study_render import targets_lines
+
+    allp = ["query", "key", "value", "dense"]
+    meta = {"r2-all-epochs": {"budget": 2, "targets": allp, "regime": {"epochs": 3.0}}}
+
+    def lines(drop_2r: float, check: bool) -> list[str]:
+        recs = []
+        for m, best in (("static", 3e-3), ("static-2r", 1e-3), ("dynamic", 3e-3)):
+            recs += [_rec(m, "t1", "val", lr, 0, 0.8 if lr == best else 0.6) for lr in (1e-3, 3e-3)]
+            recs += [_rec(m, t, "eval", best, s, base + 0.01 * s - (drop_2r if m == "static-2r" else 0.0))
+                     for t, base in (("t1", 0.70), ("t2", 0.80)) for s in range(3)]
+        if check:
+            recs += [_rec("static-2r", t, "eval", 3e-3, s, base + 0.01 * s) for t, base in (("t1", 0.71), ("t2", 0.81))
+                     for s in range(3)]
+        summary = report.summarize({"r2-all-epochs": report.cell_tables(recs)}, meta)
+        return targets_lines({"summary": summary})
+
+    assert not [ln for ln in lines(0.0, check=True) if "caution" in ln]  # doubling cost nothing: no caution
+    [warn] = [ln for ln in lines(0.05, check=True) if "caution" in ln]
+    assert "static at rank 4 scored below static at rank 2 here (-5.00 points; swept rates 0.001 against 0.003)" in warn
+    assert warn.endswith("static at rank 4 trained at 0.003 instead: dynamic at rank 2 minus it -1.00 [-1.00, -1.00]")
+    [warn] = [ln for ln in lines(0.05, check=False) if "caution" in ln]
+    assert "trained at" not in warn
