@@ -21,6 +21,8 @@ Design
   validation score wins. A best rate at the edge of the grid extends the sweep one step beyond it (1-3-10
   series), up to MAX_EDGE_STEPS times. Ablation variants of dynamic use the default dynamic's learning rate.
 - Reported figures come only from the evaluation files, seeds 0..S-1; differences are seed-paired.
+- `--rate-check static-2r=3e-3` also runs a method's evaluation runs at a rate its sweep did not choose (a check of
+  that choice when the sweep's one seed looks decisive); the report shows them per cell, apart from every comparison.
 - Live trainable parameters: the tensors that remain in the saved adapter (live rank components and the task
   head); for AdaLoRA, the unmasked singular triplets.
 """
@@ -366,6 +368,8 @@ def main() -> int:
                          "comparisons first), methods by ','")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (1 torch thread each)")
+    ap.add_argument("--rate-check", action="append", default=[], metavar="METHOD=LR",
+                    help="also run METHOD's evaluation runs at LR in every cell (shown apart; repeatable)")
     ap.add_argument("--report-only", action="store_true", help="rebuild the report from the cache; run nothing")
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args()
@@ -376,6 +380,14 @@ def main() -> int:
     if args.report_only:
         rank_study_report.write(Path(args.out), CACHE)
         return 0
+    try:
+        checks = [(m, float(lr)) for m, _, lr in (c.partition("=") for c in args.rate_check)]
+    except ValueError:
+        checks = None
+    if checks is None or any(m not in METHODS for m, _ in checks):
+        print(f"error: --rate-check takes METHOD=LR with METHOD one of {', '.join(METHODS)}: {args.rate_check}",
+              file=sys.stderr)
+        return 2
     missing = [t for t in tasks if not (data / t / "train.jsonl").is_file()]
     if missing:
         print(f"error: no task files for {', '.join(missing)} under {data}; run benchmarks/rank_study_data.py first",
@@ -393,6 +405,10 @@ def main() -> int:
             main_cfgs = [run_config(cell, m, t, "eval", lrs[METHODS[m].get("lr_from") or m], s, data, settings)
                          for s in range(args.seeds) for t in tasks for m in tier]
             run_all(main_cfgs, data, args.jobs, f"{cell.key} evaluation runs {','.join(tier)}")
+            rank_study_report.write(Path(args.out), CACHE)
+        for m, lr in checks:  # a sweep's choice checked: the same evaluation runs at another rate
+            run_all([run_config(cell, m, t, "eval", lr, s, data, settings) for s in range(args.seeds) for t in tasks],
+                    data, args.jobs, f"{cell.key} rate check {m} at {lr:g}")
             rank_study_report.write(Path(args.out), CACHE)
     return 0
 

@@ -364,3 +364,15 @@ def test_targets_warn_when_static_at_twice_the_rank_scored_below_static() -> Non
     assert warn.endswith("static at rank 4 trained at 0.003 instead: dynamic at rank 2 minus it -1.00 [-1.00, -1.00]")
     [warn] = [ln for ln in lines(0.05, check=False) if "caution" in ln]
     assert "trained at" not in warn
+
+
+@pytest.mark.parametrize("check", ["bogus=1e-3", "static=fast", "static"])
+def test_a_malformed_rate_check_is_refused_before_anything_is_written(check: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "argv", ["rank_study.py", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+                                      "--rate-check", check])
+    assert rank_study.main() == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --rate-check takes METHOD=LR")
+    assert not (tmp_path / "out").exists()
