@@ -186,14 +186,32 @@ def check_resources(workers: int) -> None:
         )
 
 
+def _trainer_class() -> type:
+    """TorchTrainer without Ray Train's PlacementGroupCleaner.
+
+    The cleaner (a detached actor) polls the State API for the controller and, when the answer is missing, takes
+    the controller for dead and removes the run's placement group: on a loaded machine that tore down a live run
+    (`make demo` beside `make test`: both workers SIGTERMed 40 s after step 200, "A worker health check failed").
+    Ray's own review of ray-project/ray#65447 names it: `is_actor_alive` treats a missing State API result as dead.
+    Without the cleaner, a placement group is still released when the job that owns it ends."""
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    class _Trainer(TorchTrainer):
+        def _create_default_callbacks(self):  # type: ignore[no-untyped-def]
+            return [c for c in super()._create_default_callbacks() if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return _Trainer
+
+
 def _fit(cfg: TrainConfig) -> None:
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     name = f"dynalora-{Path(cfg.out).name}-{time.strftime('%Y%m%d-%H%M%S')}"
     env = {k: v for k, v in os.environ.items() if k.startswith(_PASS_ENV_PREFIXES)}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    trainer = TorchTrainer(
+    trainer = _trainer_class()(
         _ray_worker,
         train_loop_config={"cfg": cfg.to_dict(), "run_id": uuid.uuid4().hex},
         # the process group Ray sets up: its collectives time out like ours (watchdog.py)

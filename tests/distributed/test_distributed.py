@@ -351,3 +351,19 @@ def test_bad_collective_timeout_is_a_config_error(monkeypatch: pytest.MonkeyPatc
         monkeypatch.setenv("DYNALORA_DIST_TIMEOUT_S", raw)
         with pytest.raises(ConfigError, match="DYNALORA_DIST_TIMEOUT_S"):
             init_process_group()
+
+
+def test_ray_trainer_runs_without_the_placement_group_cleaner() -> None:
+    """Ray Train's PlacementGroupCleaner takes a missing State API answer for a dead controller and removes a live
+    run's placement group on a loaded machine; dynalora's trainer leaves it out and keeps every other default."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    from dynalora.distributed.ray_backend import _trainer_class
+
+    trainer = _trainer_class()(lambda config: None, scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=False))
+    ours = [type(c) for c in trainer._create_default_callbacks()]
+    ray_defaults = [type(c) for c in TorchTrainer._create_default_callbacks(trainer)]
+    assert PlacementGroupCleanerCallback in ray_defaults and PlacementGroupCleanerCallback not in ours
+    assert ours == [c for c in ray_defaults if c is not PlacementGroupCleanerCallback]
