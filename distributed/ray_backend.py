@@ -192,7 +192,7 @@ def _trainer_class() -> type:
     The cleaner (a detached actor) polls the State API for the controller and, when the answer is missing, takes
     the controller for dead and removes the run's placement group: on a loaded machine that tore down a live run
     (`make demo` beside `make test`: both workers SIGTERMed 40 s after step 200, "A worker health check failed").
-    Ray's own review of ray-project/ray#65447 names it: `is_actor_alive` treats a missing State API result as dead.
+    A review comment on ray-project/ray#65447 names it: `is_actor_alive` treats a missing State API result as dead.
     Without the cleaner, a placement group is still released when the job that owns it ends."""
     from ray.train.torch import TorchTrainer
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
