@@ -22,6 +22,11 @@ def _ci(d: dict[str, Any]) -> str:
     return f"{_f(d['mean'])} [{_f(lo)}, {_f(hi)}]"
 
 
+def _interval(mean: float | None, ci95: list[float] | None) -> str:
+    lo, hi = ci95 or [float("nan")] * 2
+    return _ci({"mean": mean, "low": lo, "high": hi})
+
+
 def _methods(cell: dict[str, Any]) -> list[str]:
     return sorted(cell["per_task"], key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER))
 
@@ -50,7 +55,7 @@ def _cell_md(key: str, cell: dict[str, Any], meta: dict[str, Any]) -> list[str]:
     for label, c in cell["comparisons"].items():
         o = c["over_tasks"]
         cells = [(_ci(c["per_task"][t]) if t in c["per_task"] else "") for t in cell["tasks"]]
-        L.append(f"| {label} | " + " | ".join(cells) + f" | **{_ci({'mean': o['mean'], 'low': o['ci95'][0], 'high': o['ci95'][1]})}** |")
+        L.append(f"| {label} | " + " | ".join(cells) + f" | **{_interval(o['mean'], o['ci95'])}** |")
     L += ["", "Ablation (one mechanism per row; each against static r over tasks):", "", "| variant | mechanism | diff vs static r |",
           "|---|---|---|"]
     for m in methods:
@@ -84,7 +89,7 @@ def _cell_md(key: str, cell: dict[str, Any], meta: dict[str, Any]) -> list[str]:
               "|---" * (len(cell["tasks"]) + 4) + "|"]
         for c in cell["rate_checks"]:
             o = c.get("dynamic_minus_this")
-            diff = f"{_f(o['mean'])} [{_f(o['ci95'][0])}, {_f(o['ci95'][1])}]" if o else "n/a"
+            diff = _interval(o["mean"], o["ci95"]) if o else "n/a"
             L.append(f"| {c['method']} | {c['lr']:g} ({c['chosen_lr']:g}) | "
                      + " | ".join(f"{c['per_task'][t]:.2f}" if t in c["per_task"] else "" for t in cell["tasks"])
                      + f" | {c['mean_over_tasks']:.2f} | {diff} |")
@@ -134,9 +139,8 @@ def _doubling_caution(b: str, v: dict[str, Any]) -> list[str]:
             "says more about static 2r's training than about what allocation saves")
     for r in v.get("static_2r_rate_checks") or []:
         if r.get("dynamic_minus_this") is not None:
-            lo, hi = r.get("ci95") or [float("nan")] * 2
             line += (f"; static at rank {2 * int(b)} trained at {r['lr']:g} instead: dynamic at rank {b} minus it "
-                     f"{_f(r['dynamic_minus_this'])} [{_f(lo)}, {_f(hi)}]")
+                     f"{_interval(r['dynamic_minus_this'], r.get('ci95'))}")
     return [line]
 
 
