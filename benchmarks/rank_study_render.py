@@ -27,6 +27,17 @@ def _interval(mean: float | None, ci95: list[float] | None) -> str:
     return _ci({"mean": mean, "low": lo, "high": hi})
 
 
+def _goal(what: str, d: float, lo: float, hi: float, strict: bool = False) -> str:
+    """A no-margin target ("dynamic r >= static 2r", "> AdaLoRA") answered with its interval: a point estimate on
+    the right side of 0 whose interval includes 0 is reported as exactly that, not as a plain "met"."""
+    if lo > 0:
+        return f"{what}: met, the interval is above 0"
+    if hi < 0:
+        return f"{what}: not met, the interval is below 0"
+    met = d > 0 if strict else d >= 0
+    return f"{what}: {'met on the point estimate only' if met else 'not met on the point estimate'}; the interval includes 0"
+
+
 def _methods(cell: dict[str, Any]) -> list[str]:
     return sorted(cell["per_task"], key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER))
 
@@ -116,13 +127,13 @@ def targets_lines(report: dict[str, Any]) -> list[str]:
         d2 = v.get("dynamic_r_vs_static_2r_points")
         if d2 is not None:
             L.append(f"  - dynamic at rank {b} vs static at rank {2 * int(b)}: {_f(d2)} points [{_f(lo2)}, {_f(hi2)}] "
-                     f"({'dynamic r >= static 2r: met' if d2 >= 0 else 'dynamic r >= static 2r: not met'})")
+                     f"({_goal('dynamic r >= static 2r', d2, lo2, hi2)})")
             L += _doubling_caution(b, v)
         d3 = v.get("dynamic_vs_peft_adalora_points")
         if d3 is not None:
             lo3, hi3 = v.get("dynamic_vs_peft_adalora_ci95") or [float("nan")] * 2
             L.append(f"  - dynamic vs PEFT AdaLoRA at equal budget: {_f(d3)} points [{_f(lo3)}, {_f(hi3)}] "
-                     f"({'met' if d3 > 0 else 'not met'})")
+                     f"({_goal('dynamic > PEFT AdaLoRA', d3, lo3, hi3, strict=True)})")
         L += _ablation_target_lines(b, v)
     return L + [""]
 
@@ -195,11 +206,11 @@ def _ablation_target_lines(b: str, v: dict[str, Any]) -> list[str]:
         if a.get("vs_static_2r_points") is not None:
             lo2, hi2 = a.get("vs_static_2r_ci95") or [float("nan")] * 2
             line += (f"; vs static rank {2 * int(b)}: {_f(a['vs_static_2r_points'])} [{_f(lo2)}, {_f(hi2)}] "
-                     f"({'>= static 2r: met' if a['vs_static_2r_points'] >= 0 else '>= static 2r: not met'})")
+                     f"({_goal('>= static 2r', a['vs_static_2r_points'], lo2, hi2)})")
         if a.get("vs_peft_adalora_points") is not None:
             lo3, hi3 = a.get("vs_peft_adalora_ci95") or [float("nan")] * 2
             line += (f"; vs PEFT AdaLoRA r: {_f(a['vs_peft_adalora_points'])} [{_f(lo3)}, {_f(hi3)}] "
-                     f"({'> AdaLoRA: met' if a['vs_peft_adalora_points'] > 0 else '> AdaLoRA: not met'})")
+                     f"({_goal('> AdaLoRA', a['vs_peft_adalora_points'], lo3, hi3, strict=True)})")
         if a.get("live_params") and params.get("static") and params.get("static-2r"):
             line += (f"; live parameters {a['live_params']:,} (static r {params['static']:,}, "
                      f"static 2r {params['static-2r']:,})")

@@ -243,8 +243,19 @@ def test_ablation_variants_are_compared_with_peft_adalora_in_cell_summary_and_po
     # t(1) over the task means 3 and 5, then what that spread (sd 1.41) can detect and the tasks 1 point needs
     assert rows["dyn-sens-r0 - peft-adalora"].endswith("| **+4.00 [-8.71, +16.71]** | 16.33 | 18 |")
     lines = "\n".join(__import__("rank_study_render").targets_lines({"summary": {"per_budget": {"2": s}}}))
-    assert "vs PEFT AdaLoRA r: +4.00" in lines and "> AdaLoRA: met" in lines
-    assert "dynamic vs PEFT AdaLoRA at equal budget: -1.00" in lines and "(not met)" in lines
+    assert "vs PEFT AdaLoRA r: +4.00" in lines
+    assert "> AdaLoRA: met on the point estimate only; the interval includes 0" in lines
+    assert "dynamic vs PEFT AdaLoRA at equal budget: -1.00" in lines
+    assert "(dynamic > PEFT AdaLoRA: not met, the interval is below 0)" in lines
+
+
+def test_a_no_margin_target_is_met_plainly_only_when_its_interval_is_above_zero() -> None:
+    goal = __import__("rank_study_render")._goal
+    assert goal("x", 0.5, 0.1, 0.9) == "x: met, the interval is above 0"
+    assert goal("x", 0.5, -0.3, 1.3) == "x: met on the point estimate only; the interval includes 0"
+    assert goal("x", -0.5, -1.3, 0.3) == "x: not met on the point estimate; the interval includes 0"
+    assert goal("x", -0.5, -0.9, -0.1) == "x: not met, the interval is below 0"
+    assert goal("x", 0.0, -1.0, 1.0).startswith("x: met on") and goal("x", 0.0, -1.0, 1.0, strict=True).startswith("x: not met on")
 
 
 def test_lr_sweep_extends_past_an_edge_until_the_best_is_inside(tmp_path: Path) -> None:
