@@ -30,6 +30,8 @@ def _interval(mean: float | None, ci95: list[float] | None) -> str:
 def _goal(what: str, d: float, lo: float, hi: float, strict: bool = False) -> str:
     """A no-margin target ("dynamic r >= static 2r", "> AdaLoRA") answered with its interval: a point estimate on
     the right side of 0 whose interval includes 0 is reported as exactly that, not as a plain "met"."""
+    if math.isnan(lo) or math.isnan(hi):
+        return f"{what}: {'met' if (d > 0 if strict else d >= 0) else 'not met'} on the point estimate (no interval)"
     if lo > 0:
         return f"{what}: met, the interval is above 0"
     if hi < 0:

@@ -256,6 +256,7 @@ def test_a_no_margin_target_is_met_plainly_only_when_its_interval_is_above_zero(
     assert goal("x", -0.5, -1.3, 0.3) == "x: not met on the point estimate; the interval includes 0"
     assert goal("x", -0.5, -0.9, -0.1) == "x: not met, the interval is below 0"
     assert goal("x", 0.0, -1.0, 1.0).startswith("x: met on") and goal("x", 0.0, -1.0, 1.0, strict=True).startswith("x: not met on")
+    assert goal("x", 0.5, float("nan"), float("nan")) == "x: met on the point estimate (no interval)"
 
 
 def test_lr_sweep_extends_past_an_edge_until_the_best_is_inside(tmp_path: Path) -> None:
