@@ -30,7 +30,8 @@ COMPARISONS = (
     (DOUBLING, "static-2r", "static"),
     ("PEFT AdaLoRA r - static r", "peft-adalora", "static"),
 )
-ABLATIONS = ("dyn-mix", "dyn-sens", "dyn-sens-r0", "dyn-sens-prune")  # one mechanism each, against static r
+ABLATIONS = ("dyn-mix", "dyn-sens", "dyn-sens-r0", "dyn-sens-prune",  # one mechanism each, against static r
+             "static-head10")  # a diagnostic: static LoRA, head at 10x the rate
 # each ablation variant against: (summary key, comparison label); the labels are the report's row names
 ABLATION_AGAINST = (("static_r", "{m} - static r (ablation)"), ("static_2r", "{m} r - static 2r (ablation)"),
                     ("peft_adalora", "{m} r - PEFT AdaLoRA r (ablation)"))
@@ -40,8 +41,9 @@ def describe(cfg: dict[str, Any]) -> str:
     if cfg["kind"] != "ours":
         return {"peft-lora": "PEFT LoRA", "peft-adalora": "PEFT AdaLoRA (SVD form, init 1.5x, pruned)"}.get(cfg["kind"], cfg["kind"])
     d, lo = cfg["dynamic"], cfg["lora"]
+    head = f", task head at {cfg['head_lr_mult']:g}x the learning rate" if "head_lr_mult" in cfg else ""
     if not d["reallocate"] and d["input_adaptive"] == "off":
-        return f"static rank {lo['rank']}"
+        return f"static rank {lo['rank']}{head}"
     w = d["input_weight"] if d["input_adaptive"] != "off" else 0.0
     what = (f"sensitivity + input complexity ({100 * (1 - w):.0f}/{100 * w:.0f})" if w > 0 else "sensitivity only")
     out = f"reallocation from {what}, min rank {lo['min_rank']}, max {lo['max_rank'] or 2 * lo['rank']}"
@@ -49,7 +51,7 @@ def describe(cfg: dict[str, Any]) -> str:
         out += ", per-example rank"
     if d.get("budget_start", 1.0) > 1.0:
         out += f", budget starts at {d['budget_start']:g}x and is pruned to the target (cubic)"
-    return out
+    return out + head
 
 
 def score(record: dict[str, Any]) -> float:

@@ -18,7 +18,7 @@ from dynalora.core.controller import RankController
 from dynalora.core.data import TaskData
 from dynalora.core.task import GENERATION
 from dynalora.errors import ConfigError
-from dynalora.core.inject import inject_adapters
+from dynalora.core.inject import HEAD_NAMES, inject_adapters
 from dynalora.core.models import load_task_model, load_tokenizer, resolve_model_path
 
 
@@ -93,12 +93,21 @@ def default_lr(cfg: TrainConfig, model_type: str) -> float:
 def build_optimizer(model: nn.Module, cfg: TrainConfig, steps: int) -> tuple[torch.optim.Optimizer, Any, dict[int, str]]:
     """AdamW over the trainable tensors, linear warm-up then linear decay to 0 at `steps`.
 
+    With `cfg.head_lr` the task head's tensors are a second parameter group at that peak rate (the
+    schedule scales both groups alike); the adapters' group comes first, so it is what logs report.
     Returns (optimizer, scheduler, {id(param): name}); the names key the optimizer state in checkpoints.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    names = {id(p): n for n, p in trainable}
     lr = default_lr(cfg, str(getattr(getattr(model, "config", None), "model_type", "")))
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    groups: list[dict[str, Any]] = [{"params": [p for _, p in trainable]}]
+    if cfg.head_lr is not None:
+        head = [p for n, p in trainable if n.split(".")[0] in HEAD_NAMES]
+        if not head:
+            raise ConfigError("--head-lr needs a task head (a classifier or regression head); this model has none")
+        rest = [p for n, p in trainable if n.split(".")[0] not in HEAD_NAMES]
+        groups = [{"params": rest}, {"params": head, "lr": float(cfg.head_lr)}]
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
     warm = max(1, int(cfg.warmup_ratio * steps)) if cfg.warmup_ratio > 0 else 0
 
     def lr_lambda(s: int) -> float:

@@ -189,6 +189,8 @@ class TrainConfig:
     lr: float | None = field(default=None, metadata={"help": "peak learning rate (AdamW); default 3e-3 for an encoder with "
                                                              "the default query/value targets, else 1e-3 (README: how "
                                                              "they were chosen)"})
+    head_lr: float | None = field(default=None, metadata={"help": "peak learning rate of the task head (a classifier's fresh "
+                                                                  "output layer); default: the --lr of the adapters"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     warmup_ratio: float = field(default=0.06, metadata={"help": "linear LR warm-up share of steps"})
     max_length: int = field(default=64, metadata={"help": "tokens per example (truncation)"})
@@ -253,6 +255,8 @@ class TrainConfig:
             )
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if self.head_lr is not None and self.head_lr <= 0:
+            raise ConfigError(f"--head-lr must be > 0, got {self.head_lr}")
         if self.weight_decay < 0:
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if not 0.0 <= self.warmup_ratio <= 1.0:

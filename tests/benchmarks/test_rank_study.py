@@ -125,6 +125,23 @@ def test_run_config_hash_changes_with_any_setting(tmp_path: Path) -> None:
     assert rank_study.config_hash(rank_study.run_config(cell, "dynamic", "t1", "eval", 3e-3, 0, tmp_path, s)) != rank_study.config_hash(a)
 
 
+def test_the_head_rate_diagnostic_trains_static_lora_with_the_head_at_ten_times_the_rate(tmp_path: Path) -> None:
+    (tmp_path / "t1").mkdir()
+    for name in ("train.jsonl", "val.jsonl", "eval.jsonl"):
+        (tmp_path / "t1" / name).write_text('{"text": "a", "label": "x"}\n')
+    cell = rank_study.Cell(2, "qv", "epochs")
+    s = {"model": "minilm", "batch": 16, "max_length": 64}
+    head = rank_study.run_config(cell, "static-head10", "t1", "eval", 3e-3, 0, tmp_path, s)
+    static = rank_study.run_config(cell, "static", "t1", "eval", 3e-3, 0, tmp_path, s)
+    assert head["lr_from"] == "static" and head["head_lr_mult"] == 10 and "head_lr_mult" not in static
+    assert {k: v for k, v in head.items() if k not in ("method", "lr_from", "head_lr_mult")} == \
+        {k: v for k, v in static.items() if k not in ("method", "lr_from")}  # nothing else differs
+    tcfg = rank_study._train_config(head, tmp_path, tmp_path / "run")
+    assert (tcfg.lr, tcfg.head_lr) == (3e-3, pytest.approx(3e-2))
+    assert rank_study._train_config(static, tmp_path, tmp_path / "run").head_lr is None
+    assert report.describe(head) == "static rank 2, task head at 10x the learning rate"
+
+
 def test_report_flags_a_cell_where_the_allocator_never_moved_rank() -> None:
     recs = []
     for m in ("static", "dynamic"):

@@ -139,6 +139,7 @@ def test_non_finite_float_flags(flag, value, tiny_dirs, csv_data, tmp_path, caps
     "extra, needle",
     [
         (["--lr", "-1"], "--lr must be > 0"),
+        (["--head-lr", "0"], "--head-lr must be > 0"),
         (["--eval-size", "1.5"], "--eval-size must be a fraction in (0, 1) or a whole number"),
         (["--eval-size", "0"], "--eval-size must be a fraction"),
         (["--threads", "0"], "--threads must be >= 1"),

@@ -103,8 +103,9 @@ def test_yaml_and_flags_fill_the_same_config(tmp_path) -> None:
     assert (cfg.lr, cfg.steps, cfg.lora.rank, cfg.dynamic.input_adaptive) == (0.002, 9, 6, "per-example")
 
 
-def test_resume_matches_an_uninterrupted_run(tiny_dirs, csv_data, tmp_path) -> None:
-    full = train(_cfg(tiny_dirs["bert"], csv_data, tmp_path / "full", steps=30, checkpoint_every=10))
+@pytest.mark.parametrize("head_lr", [None, 3e-2])
+def test_resume_matches_an_uninterrupted_run(head_lr, tiny_dirs, csv_data, tmp_path) -> None:
+    full = train(_cfg(tiny_dirs["bert"], csv_data, tmp_path / "full", steps=30, checkpoint_every=10, head_lr=head_lr))
 
     class Crash(Exception):
         pass
@@ -113,7 +114,7 @@ def test_resume_matches_an_uninterrupted_run(tiny_dirs, csv_data, tmp_path) -> N
         if step == 17:
             raise Crash
 
-    cfg = _cfg(tiny_dirs["bert"], csv_data, tmp_path / "cut", steps=30, checkpoint_every=10)
+    cfg = _cfg(tiny_dirs["bert"], csv_data, tmp_path / "cut", steps=30, checkpoint_every=10, head_lr=head_lr)
     with pytest.raises(Crash):
         train(cfg, hooks=TrainHooks(on_step=crash))
     assert (tmp_path / "cut" / "checkpoints" / "step-0000010").is_dir()
@@ -239,3 +240,51 @@ def test_cuda_request_without_gpu_is_a_clear_error(tiny_dirs, csv_data, tmp_path
     with pytest.raises(ConfigError, match="no CUDA device"):
         train(_cfg(tiny_dirs["bert"], csv_data, tmp_path / "nogpu", device="cuda"))
     assert not (tmp_path / "nogpu").exists()
+
+
+def _head(adapter: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in load_file(str(adapter / "adapter_model.safetensors")).items() if ".classifier." in k}
+
+
+def test_head_lr_trains_the_head_at_its_own_rate(tiny_dirs, csv_data, tmp_path) -> None:
+    """--head-lr puts the task head in its own parameter group: at a vanishing rate the head stays at its
+    initial values while the adapters train at --lr; without it the head moves at --lr."""
+    init = {n: p.detach().clone() for n, p in
+            load_classifier(str(tiny_dirs["bert"]), 2, "classification", seed=0).classifier.named_parameters()}
+    moved = {}
+    for name, head_lr in (("slow", 1e-12), ("same", None)):
+        res = train(_cfg(tiny_dirs["bert"], csv_data, tmp_path / name, steps=12, head_lr=head_lr))
+        head = _head(res.out / "adapter")
+        assert len(head) == len(init)
+        moved[name] = max(float((v - init[k.rsplit(".", 1)[-1]]).abs().max()) for k, v in head.items())
+        lora_b = [v for k, v in load_file(str(res.out / "adapter" / "adapter_model.safetensors")).items() if "lora_B" in k]
+        assert lora_b and max(float(v.abs().max()) for v in lora_b) > 1e-4  # the adapters trained either way
+    assert moved["slow"] < 1e-8 < 1e-3 < moved["same"]
+
+
+def test_head_lr_makes_a_second_parameter_group_that_follows_the_schedule(tiny_dirs) -> None:
+    from dynalora.core.build import build_optimizer
+
+    model = load_classifier(str(tiny_dirs["bert"]), 2, "classification", seed=0)
+    for n, p in model.named_parameters():
+        p.requires_grad_(n.startswith("classifier.") or n.endswith("attention.self.query.weight"))
+    cfg = TrainConfig(model=str(tiny_dirs["bert"]), lr=1e-3, head_lr=2e-2, warmup_ratio=0.0)
+    opt, sched, names = build_optimizer(model, cfg, steps=10)
+    head = {id(p) for n, p in model.named_parameters() if n.startswith("classifier.")}
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 2e-2]
+    assert {id(p) for p in opt.param_groups[1]["params"]} == head
+    assert head.isdisjoint(id(p) for p in opt.param_groups[0]["params"]) and opt.param_groups[0]["params"]
+    assert len(names) == sum(len(g["params"]) for g in opt.param_groups)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([5e-4, 1e-2])  # linear decay, halfway
+
+
+def test_head_lr_without_a_task_head_is_a_clear_error() -> None:
+    from dynalora.core.build import build_optimizer
+    from dynalora.errors import ConfigError
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))  # a causal LM scored by likelihood has no head either
+    with pytest.raises(ConfigError, match="--head-lr needs a task head"):
+        build_optimizer(model, TrainConfig(lr=1e-3, head_lr=1e-2), steps=4)
