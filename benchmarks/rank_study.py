@@ -79,6 +79,10 @@ METHODS: dict[str, dict[str, Any]] = {
     # a diagnostic, not an allocation: static LoRA with the task head at 10x its rate (PEFT AdaLoRA's swept rate is
     # 10x LoRA's and drives the fresh head too; does that, rather than where it puts rank, explain its lead?)
     "static-head10": {"kind": "ours", "dynamic": STATIC, "head_lr_mult": 10, "lr_from": "static"},
+    # ... and does allocation add anything once the head trains at that rate? (compared with static-head10)
+    "dynamic-head10": {"kind": "ours", "dynamic": {}, "head_lr_mult": 10, "lr_from": "dynamic"},
+    "dyn-sens-r0-head10": {"kind": "ours", "dynamic": {"input_adaptive": "off"}, "lora": {"min_rank": 0, "max_rank_mult": 4},
+                           "head_lr_mult": 10, "lr_from": "dynamic"},
 }
 SWEPT = ("static", "static-2r", "dynamic", "peft-lora", "peft-adalora")
 

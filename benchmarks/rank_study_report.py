@@ -29,6 +29,9 @@ COMPARISONS = (
     ("dynamic r - PEFT AdaLoRA r", "dynamic", "peft-adalora"),
     (DOUBLING, "static-2r", "static"),
     ("PEFT AdaLoRA r - static r", "peft-adalora", "static"),
+    # with the task head at 10x the rate for both (the static-head10 diagnostic): what allocation adds on top
+    ("dynamic r - static r, both with the head at 10x the rate", "dynamic-head10", "static-head10"),
+    ("dyn-sens-r0 r - static r, both with the head at 10x the rate", "dyn-sens-r0-head10", "static-head10"),
 )
 ABLATIONS = ("dyn-mix", "dyn-sens", "dyn-sens-r0", "dyn-sens-prune",  # one mechanism each, against static r
              "static-head10")  # a diagnostic: static LoRA, head at 10x the rate
