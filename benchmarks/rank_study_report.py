@@ -17,9 +17,11 @@ from rank_study_stats import mean_ci95, over_tasks, paired_diffs, power_of
 BASELINE = "static"
 ALL_PROJECTIONS = ["query", "key", "value", "dense"]  # rank_study.TARGETS["all"]: every linear projection
 QUERY_VALUE = ["query", "value"]  # rank_study.TARGETS["qv"]: the CLI's default targets
-# the pooled views: summary key -> (targets, heading)
-POOLS = {"pooled_small_budgets": (ALL_PROJECTIONS, "every projection"),
-         "pooled_small_budgets_query_value": (QUERY_VALUE, "query/value")}
+# the pooled views: summary key -> (targets, heading); None: the cells of any targets
+POOLS: dict[str, tuple[list[str] | None, str]] = {
+    "pooled_small_budgets": (ALL_PROJECTIONS, "every projection"),
+    "pooled_small_budgets_query_value": (QUERY_VALUE, "query/value"),
+    "pooled_head_rate": (None, "the head-rate diagnostic, every cell it ran in (either targets)")}
 DOUBLING = "static 2r - static r (what doubling the rank buys)"
 # (row label, method, against)
 COMPARISONS = (
@@ -211,19 +213,24 @@ POOLED_PAIRS = (("dynamic", "static"), ("dynamic", "static-2r"), ("dyn-sens", "s
                 ("dyn-sens-r0", "static-2r"), ("dyn-sens-prune", "static"), ("dyn-sens-r0", "dynamic"),
                 ("dynamic", "peft-adalora"), ("dyn-sens-r0", "peft-adalora"), ("dynamic", "peft-lora"),
                 ("dyn-sens-r0", "peft-lora"), ("peft-adalora", "static"))
+# the head-rate diagnostic: the head at 10x the rate against the usual head, against AdaLoRA (whose rate is 10x
+# LoRA's), and the allocation variants against it
+HEAD_RATE_PAIRS = (("static-head10", "static"), ("static-head10", "peft-adalora"), ("dyn-sens-r0", "static-head10"),
+                   ("dynamic-head10", "static-head10"), ("dyn-sens-r0-head10", "static-head10"))
 
 
 def pooled_small_budgets(cells: dict[str, dict[str, Any]], meta: dict[str, dict[str, Any]],
-                         targets: list[str] = ALL_PROJECTIONS) -> dict[str, Any]:
-    """The cells on `targets` at average rank <= 4, taken together: per task, the mean over those cells of the
-    task's mean seed-paired difference; then Student's t over tasks (the unit stays the task, as in each cell).
+                         targets: list[str] | None = ALL_PROJECTIONS) -> dict[str, Any]:
+    """The cells on `targets` (None: any) at average rank <= 4, taken together: per task, the mean over those cells
+    of the task's mean seed-paired difference; then Student's t over tasks (the unit stays the task, as in each cell).
+    With targets None the pairs are the head-rate diagnostic's (HEAD_RATE_PAIRS), else POOLED_PAIRS.
 
     A comparison pools the cells where both methods were run (at least two; one cell is its own table); a task
     enters it only if both methods have it (>= 2 paired seeds) in every one of those cells. Static 2r means twice
     each cell's own rank."""
-    keys = sorted(k for k, m in meta.items() if m["budget"] <= POOLED_MAX_BUDGET and m["targets"] == targets)
+    keys = sorted(k for k, m in meta.items() if m["budget"] <= POOLED_MAX_BUDGET and targets in (None, m["targets"]))
     comps: dict[str, Any] = {}
-    for a, b in POOLED_PAIRS:
+    for a, b in (HEAD_RATE_PAIRS if targets is None else POOLED_PAIRS):
         pooled = [k for k in keys if a in cells[k]["per_task"] and b in cells[k]["per_task"]]
         if len(pooled) < 2:  # one cell is its own table, not a pool
             continue

@@ -224,6 +224,28 @@ def test_pooled_small_budgets_averages_cells_within_each_task() -> None:
         {"summary": {"pooled_small_budgets_query_value": q}}))
 
 
+def test_the_head_rate_pool_takes_every_cell_it_ran_in_whatever_the_targets() -> None:
+    def cell(diffs: dict[str, float]) -> dict:
+        per_task = {m: {t: {"seeds": {s: 70.0 + (d if m == "static-head10" else 0.0) + s for s in range(3)}}
+                        for t, d in diffs.items()} for m in ("static", "static-head10")}
+        return {"per_task": per_task, "tasks": sorted(diffs)}
+
+    cells = {"r1-all-epochs": cell({"a": 2.0, "b": 4.0}), "r2-qv-epochs": cell({"a": 6.0, "b": 8.0}),
+             "r8-qv-short": cell({"a": 99.0, "b": 99.0})}  # above the pooled budgets: out
+    meta = {"r1-all-epochs": {"budget": 1, "targets": ["query", "key", "value", "dense"]},
+            "r2-qv-epochs": {"budget": 2, "targets": ["query", "value"]}, "r8-qv-short": {"budget": 8, "targets": ["query", "value"]}}
+    h = report.pooled_small_budgets(cells, meta, None)
+    c = h["comparisons"]["static-head10 - static"]
+    assert c["cells"] == ["r1-all-epochs", "r2-qv-epochs"] and list(h["comparisons"]) == ["static-head10 - static"]
+    assert c["per_task"] == {"a": pytest.approx(4.0), "b": pytest.approx(6.0)} and c["mean"] == pytest.approx(5.0)
+    assert report.pooled_small_budgets(cells, meta)["comparisons"] == {}  # not a pair of the targets' pools
+    from rank_study_render import pooled_lines
+
+    lines = pooled_lines({"summary": {"pooled_head_rate": h}})
+    assert any(ln.startswith("## Pooled: the head-rate diagnostic") for ln in lines)
+    assert any(ln.startswith("| static-head10 - static | r1-all-epochs, r2-qv-epochs | +4.00 | +6.00 |") for ln in lines)
+
+
 def test_ablation_variants_are_compared_with_peft_adalora_in_cell_summary_and_pool() -> None:
     """The issue's "dynamic > PEFT AdaLoRA at equal budget" is asked of each candidate default too: an ablation row
     against PEFT AdaLoRA, its figure in the summary, and the pooled comparison over cells."""
