@@ -21,6 +21,9 @@ Design
   validation score wins. A best rate at the edge of the grid extends the sweep one step beyond it (1-3-10
   series), up to MAX_EDGE_STEPS times. Ablation variants of dynamic use the default dynamic's learning rate.
 - Reported figures come only from the evaluation files, seeds 0..S-1; differences are seed-paired.
+- `static-head10` (and `dynamic-head10`, `dyn-sens-r0-head10`) train the task head at 10x the method's swept rate
+  (`--head-lr`), the adapters at the rate itself: a diagnostic of whether a lead (PEFT AdaLoRA's swept rate is 10x
+  LoRA's, on its head too) comes from the head's training rather than from where rank goes.
 - `--rate-check static-2r=3e-3` also runs a method's evaluation runs at a rate its sweep did not choose (a check of
   that choice when the sweep's one seed looks decisive); the report shows them per cell, apart from every comparison.
 - Live trainable parameters: the tensors that remain in the saved adapter (live rank components and the task
