@@ -382,3 +382,15 @@ def test_missing_training_stack_is_one_line(capsys, monkeypatch) -> None:
     monkeypatch.setattr(cli, "_cmd_train", needs("no_such_helper"))
     with pytest.raises(ModuleNotFoundError, match="no_such_helper"):
         main(["train", "--model", "minilm", "--task", "rotten_tomatoes", "--out", "x"])
+
+
+def test_head_lr_on_a_model_without_a_task_head_is_refused(tiny_dirs, tmp_path, capsys) -> None:
+    """A causal LM scored by likelihood (multiple choice) has no task head: --head-lr is refused, nothing written."""
+    from tiny_data import WORDS, write_choice_file
+
+    data = write_choice_file(tmp_path / "mc.jsonl", WORDS, 30, 0, "q")
+    out = tmp_path / "out"
+    line = _run(capsys, ["train", "--model", str(tiny_dirs["llama"]), "--train-file", str(data), "--task", "",
+                         "--out", str(out), "--steps", "2", "--batch-size", "4", "--rank", "2", "--no-progress",
+                         "--head-lr", "1e-2"])
+    assert "--head-lr needs a task head" in line and not out.exists()
