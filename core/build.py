@@ -18,7 +18,7 @@ from dynalora.core.controller import RankController
 from dynalora.core.data import TaskData
 from dynalora.core.task import GENERATION
 from dynalora.errors import ConfigError
-from dynalora.core.inject import HEAD_NAMES, inject_adapters
+from dynalora.core.inject import head_modules, inject_adapters
 from dynalora.core.models import load_task_model, load_tokenizer, resolve_model_path
 
 
@@ -102,11 +102,12 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, steps: int) -> tuple[tor
     lr = default_lr(cfg, str(getattr(getattr(model, "config", None), "model_type", "")))
     groups: list[dict[str, Any]] = [{"params": [p for _, p in trainable]}]
     if cfg.head_lr is not None:
-        head = [p for n, p in trainable if n.split(".")[0] in HEAD_NAMES]
-        if not head:
+        heads = set(head_modules(model))
+        if not heads:
             raise ConfigError("--head-lr needs a task head (a classifier or regression head); this model has none")
-        rest = [p for n, p in trainable if n.split(".")[0] not in HEAD_NAMES]
-        groups = [{"params": rest}, {"params": head, "lr": float(cfg.head_lr)}]
+        in_head = {id(p) for n, p in trainable if n.split(".")[0] in heads}
+        groups = [{"params": [p for _, p in trainable if id(p) not in in_head]},
+                  {"params": [p for _, p in trainable if id(p) in in_head], "lr": float(cfg.head_lr)}]
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
     warm = max(1, int(cfg.warmup_ratio * steps)) if cfg.warmup_ratio > 0 else 0
 
